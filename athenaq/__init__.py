@@ -1,0 +1,1 @@
+"""athenaq: one service that submits, tracks, stores, refreshes and cancels Athena queries."""

@@ -1,0 +1,3 @@
+from athenaq.main import run
+
+run()

@@ -1,0 +1,174 @@
+"""The service's configuration: one JSON file, validated once at start."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; the message names the key at fault."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str
+
+
+@dataclass(frozen=True)
+class AthenaConfig:
+    region: str
+    database: str
+    workgroup: str
+    output_location: str
+    endpoint_url: str | None
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None
+
+
+@dataclass(frozen=True)
+class ResultsConfig:
+    dir: str
+
+
+@dataclass(frozen=True)
+class PollerConfig:
+    interval_seconds: float
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    database: DatabaseConfig
+    athena: AthenaConfig
+    s3: S3Config
+    results: ResultsConfig
+    poller: PollerConfig
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        if urlsplit(value).scheme not in schemes:
+            raise ValidationError(f"must be a URL starting with {' or '.join(schemes)}://")
+
+    return check
+
+
+class _Section(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class ServerSchema(_Section):
+    host = fields.String(required=True, validate=validate.Length(min=1))
+    port = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=65535))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> ServerConfig:
+        return ServerConfig(**data)
+
+
+class DatabaseSchema(_Section):
+    url = fields.String(required=True, validate=_url(("mysql",)))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> DatabaseConfig:
+        return DatabaseConfig(**data)
+
+
+class AthenaSchema(_Section):
+    region = fields.String(required=True, validate=validate.Length(min=1))
+    database = fields.String(required=True, validate=validate.Length(min=1))
+    workgroup = fields.String(required=True, validate=validate.Regexp(r"^[a-zA-Z0-9._-]{1,128}$"))
+    output_location = fields.String(required=True, validate=_url(("s3",)))
+    endpoint_url = fields.String(required=True, allow_none=True, validate=_url(("http", "https")))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> AthenaConfig:
+        return AthenaConfig(**data)
+
+
+class S3Schema(_Section):
+    endpoint_url = fields.String(required=True, allow_none=True, validate=_url(("http", "https")))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> S3Config:
+        return S3Config(**data)
+
+
+class ResultsSchema(_Section):
+    dir = fields.String(required=True, validate=validate.Length(min=1))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> ResultsConfig:
+        return ResultsConfig(**data)
+
+
+class PollerSchema(_Section):
+    interval_seconds = fields.Float(required=True, validate=validate.Range(min=0.01, max=3600))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> PollerConfig:
+        return PollerConfig(**data)
+
+
+class ConfigSchema(_Section):
+    server = fields.Nested(ServerSchema, required=True)
+    database = fields.Nested(DatabaseSchema, required=True)
+    athena = fields.Nested(AthenaSchema, required=True)
+    s3 = fields.Nested(S3Schema, required=True)
+    results = fields.Nested(ResultsSchema, required=True)
+    poller = fields.Nested(PollerSchema, required=True)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Config:
+        return Config(**data)
+
+
+def _first_error(messages: Any, path: str = "") -> str:
+    """Flatten marshmallow's nested messages to `key.path: message` for the first error."""
+    if isinstance(messages, dict):
+        key, value = next(iter(messages.items()))
+        if key == "_schema":
+            return _first_error(value, path)
+        return _first_error(value, f"{path}.{key}" if path else str(key))
+    if isinstance(messages, list) and messages:
+        return _first_error(messages[0], path)
+    return f"{path or 'config'}: {messages}"
+
+
+def parse_config(data: Any) -> Config:
+    """Validate an already-decoded config document."""
+    try:
+        config: Config = ConfigSchema().load(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc.messages)) from None
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file; ConfigError names the key or the file at fault."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc}") from None
+    return parse_config(data)

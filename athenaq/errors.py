@@ -1,0 +1,121 @@
+"""Domain errors that carry the HTTP status and the stable code clients branch on."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error a client sees as `{"error": {"code", "message"}, "state"?}`."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, state: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.state = state
+        self.headers: dict[str, str] = {}
+
+
+class InvalidJson(ApiError):
+    status = 400
+    code = "invalid_json"
+
+
+class ValidationFailed(ApiError):
+    status = 400
+    code = "validation_error"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class QueryNotFound(NotFound):
+    def __init__(self, query_id: str) -> None:
+        super().__init__(f"query {query_id} not found")
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class QueryRunning(ApiError):
+    status = 409
+    code = "query_running"
+
+    def __init__(self, query_id: str, state: str, retry_after: float) -> None:
+        super().__init__(f"query {query_id} is still {state}", state=state)
+        # Tell polling clients when a new answer is worth asking for.
+        self.headers["Retry-After"] = str(max(1, round(retry_after)))
+
+
+class QueryCancelled(ApiError):
+    status = 409
+    code = "query_cancelled"
+
+    def __init__(self, query_id: str) -> None:
+        super().__init__(f"query {query_id} was cancelled", state="CANCELLED")
+
+
+class QueryFailed(ApiError):
+    status = 409
+    code = "query_failed"
+
+    def __init__(self, query_id: str, reason: str | None) -> None:
+        super().__init__(f"query {query_id} failed: {reason or 'no reason given'}", state="FAILED")
+
+
+class QueryFinished(ApiError):
+    status = 409
+    code = "query_finished"
+
+    def __init__(self, query_id: str, state: str, detail: str = "") -> None:
+        message = f"query {query_id} already finished ({state}); it cannot be cancelled"
+        super().__init__(message + (f": {detail}" if detail else ""), state=state)
+
+
+class ResultsMissing(ApiError):
+    status = 410
+    code = "results_missing"
+
+    def __init__(self, query_id: str) -> None:
+        super().__init__(
+            f"the result file of query {query_id} is missing; refresh the query", state="SUCCEEDED"
+        )
+
+
+class IllegalTransition(ApiError):
+    """The state table forbids the move; a bug or a lost race, never a client's fault alone."""
+
+    status = 409
+    code = "illegal_transition"
+
+    def __init__(self, state: str, event: str) -> None:
+        super().__init__(f"{event} is not allowed in state {state}", state=state)
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "unavailable"

@@ -1,0 +1,87 @@
+"""Logging: loguru, one flat JSON object per line on stderr.
+
+Tornado's and asyncio's stdlib loggers are routed through loguru, so every
+line of the process has the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from loguru import logger
+
+from athenaq.clock import isoformat
+
+if TYPE_CHECKING:
+    from loguru import Message
+    from tornado.web import RequestHandler
+
+
+def _json_sink(stream: TextIO) -> Any:
+    def sink(message: Message) -> None:
+        record = message.record
+        line: dict[str, Any] = {
+            "timestamp": isoformat(record["time"]),
+            "level": record["level"].name,
+            "file": record["file"].name,
+            "line": record["line"],
+            "message": record["message"],
+        }
+        line.update(record["extra"])
+        if record["exception"] is not None:
+            exc_type, exc_value, _ = record["exception"]
+            line["exception"] = f"{getattr(exc_type, '__name__', exc_type)}: {exc_value}"
+        stream.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
+        stream.flush()
+
+    return sink
+
+
+class _InterceptHandler(logging.Handler):
+    """Hands stdlib log records (Tornado, asyncio) to loguru, keeping their origin."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+
+        def origin(r: Any) -> None:
+            r.update(
+                file=type(r["file"])(record.filename, record.pathname),
+                line=record.lineno,
+                function=record.funcName,
+                name=record.name,
+            )
+
+        logger.patch(origin).opt(exception=record.exc_info).log(
+            level, record.getMessage(), logger_name=record.name
+        )
+
+
+def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Send all of the process's logs to `stream` (stderr) as JSON lines."""
+    logger.remove()
+    logger.add(_json_sink(stream or sys.stderr), level=level, backtrace=False, diagnose=False)
+    logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
+    # One access line per request comes from log_request; Tornado's own would repeat it.
+    logging.getLogger("tornado.access").disabled = True
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Tornado's `log_function`: one access line per request, its level by status."""
+    status = handler.get_status()
+    level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
+    request = handler.request
+    logger.log(
+        level,
+        "request",
+        method=request.method,
+        path=request.path,
+        status=status,
+        duration_ms=round(request.request_time() * 1000, 1),
+        remote_ip=request.remote_ip,
+    )

@@ -1,0 +1,484 @@
+"""The query state machine: the states, the legal transitions, and the one writer of state.
+
+Handlers (submit, cancel, refresh) and the poller (Athena's observations) change
+a query only through `Machine.apply`, which checks the transition table and
+writes it with a compare-and-set in the store. Transitions of one query are also
+serialized in this process by a per-id lock: the lock saves work, the SQL guard
+keeps several processes correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from athenaq.athena import AthenaCallError
+from athenaq.clock import utcnow
+from athenaq.errors import (
+    IllegalTransition,
+    QueryCancelled,
+    QueryFailed,
+    QueryFinished,
+    QueryNotFound,
+    QueryRunning,
+    ResultsMissing,
+    ServiceUnavailable,
+)
+
+if TYPE_CHECKING:
+    from athenaq.athena import Athena, Execution
+    from athenaq.results import ResultFiles, StoredResult
+    from athenaq.store import QueryRecord, Store
+
+
+class QueryState(StrEnum):
+    """A query's state; the names are Athena's own."""
+
+    #: accepted; Athena has not started it, or the service has not sent it yet
+    QUEUED = "QUEUED"
+    #: Athena runs it, or it succeeded in Athena and its results are being stored
+    RUNNING = "RUNNING"
+    #: finished, and its results are stored and readable
+    SUCCEEDED = "SUCCEEDED"
+    #: Athena, or the service storing its results, failed it; state_reason says why
+    FAILED = "FAILED"
+    #: stopped on a client's request before it finished
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({QueryState.SUCCEEDED, QueryState.FAILED, QueryState.CANCELLED})
+
+
+class Event(StrEnum):
+    """What happened to a query."""
+
+    #: Athena runs the query, or it succeeded there and its results are being stored
+    RUN = "run"
+    #: the results are stored
+    SUCCEED = "succeed"
+    #: Athena failed the query, or its results could not be stored
+    FAIL = "fail"
+    #: Athena confirmed a stop, or the query was cancelled before it was sent
+    CANCEL = "cancel"
+    #: a client asked for a new execution of a finished query
+    REFRESH = "refresh"
+
+
+Q = QueryState
+TRANSITIONS: Mapping[tuple[QueryState, Event], QueryState] = {
+    (Q.QUEUED, Event.RUN): Q.RUNNING,
+    (Q.QUEUED, Event.SUCCEED): Q.SUCCEEDED,
+    (Q.QUEUED, Event.FAIL): Q.FAILED,
+    (Q.QUEUED, Event.CANCEL): Q.CANCELLED,
+    (Q.RUNNING, Event.SUCCEED): Q.SUCCEEDED,
+    (Q.RUNNING, Event.FAIL): Q.FAILED,
+    (Q.RUNNING, Event.CANCEL): Q.CANCELLED,
+    (Q.SUCCEEDED, Event.REFRESH): Q.QUEUED,
+    (Q.FAILED, Event.REFRESH): Q.QUEUED,
+    (Q.CANCELLED, Event.REFRESH): Q.QUEUED,
+}
+LEGAL_MOVES = frozenset((source, target) for (source, _), target in TRANSITIONS.items())
+
+
+def next_state(state: QueryState, event: Event) -> QueryState:
+    """The state `event` leads to from `state`; IllegalTransition when the table has no move."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise IllegalTransition(state.value, event.value) from None
+
+
+# Results metadata a refresh clears, so nothing of the old execution survives it.
+_EXECUTION_COLUMNS: dict[str, Any] = {
+    "athena_execution_id": None,
+    "cancel_requested_at": None,
+    "started_at": None,
+    "completed_at": None,
+    "results_at": None,
+    "row_count": None,
+    "data_scanned_bytes": None,
+    "engine_execution_ms": None,
+    "queue_ms": None,
+    "total_execution_ms": None,
+}
+
+
+def _statistics(execution: Execution) -> dict[str, Any]:
+    return {
+        "completed_at": execution.completed_at,
+        "data_scanned_bytes": execution.data_scanned_bytes,
+        "engine_execution_ms": execution.engine_execution_ms,
+        "queue_ms": execution.queue_ms,
+        "total_execution_ms": execution.total_execution_ms,
+    }
+
+
+class KeyedLock:
+    """An asyncio lock per key, dropped when nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class Machine:
+    """Drives queries through their states; the only writer of `state`."""
+
+    def __init__(
+        self,
+        store: Store,
+        athena: Athena,
+        results: ResultFiles,
+        *,
+        database: str,
+        workgroup: str,
+        retry_after: float,
+    ) -> None:
+        self.store = store
+        self.athena = athena
+        self.results = results
+        self.database = database
+        self.workgroup = workgroup
+        self.retry_after = retry_after
+        self.lock = KeyedLock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the single writer --------------------------------------------------------------
+
+    async def apply(
+        self,
+        current: QueryRecord,
+        event: Event,
+        *,
+        reason: str | None = None,
+        changes: Mapping[str, Any] | None = None,
+    ) -> QueryRecord | None:
+        """Apply `event` to the query as last read (`current`).
+
+        Raises IllegalTransition when the table forbids the move. Returns the new
+        record, or None when another writer changed the query since it was read
+        (the compare-and-set lost): the caller re-reads and decides again."""
+        target = next_state(current.state, event)
+        columns = dict(changes or {})
+        columns["state_reason"] = reason if target in (Q.FAILED, Q.CANCELLED) else None
+        if not await self.store.transition(current, target, reason, columns):
+            logger.info(
+                "transition lost a race",
+                query_id=current.id,
+                event=event.value,
+                state=current.state.value,
+            )
+            return None
+        logger.info(
+            "state changed",
+            query_id=current.id,
+            athena_query_execution_id=columns.get(
+                "athena_execution_id", current.athena_execution_id
+            ),
+            from_state=current.state.value,
+            state=target.value,
+            event=event.value,
+            reason=reason,
+        )
+        return dataclasses.replace(current, state=target, version=current.version + 1, **columns)
+
+    # -- what clients ask -------------------------------------------------------------
+
+    async def get(self, query_id: str) -> QueryRecord:
+        record = await self.store.get(query_id)
+        if record is None:
+            raise QueryNotFound(query_id)
+        return record
+
+    async def read_results(self, query_id: str) -> tuple[QueryRecord, StoredResult]:
+        """A SUCCEEDED query's stored results; the state's error otherwise."""
+        record = await self.get(query_id)
+        for _ in range(3):
+            if record.state == Q.CANCELLED:
+                raise QueryCancelled(query_id)
+            if record.state == Q.FAILED:
+                raise QueryFailed(query_id, record.state_reason)
+            if record.state != Q.SUCCEEDED or record.athena_execution_id is None:
+                raise self.running_error(record)
+            try:
+                return record, await self.results.read(query_id, record.athena_execution_id)
+            except FileNotFoundError:
+                # Refreshed between reading the state and the file: the state now says why.
+                latest = await self.get(query_id)
+                if latest.version == record.version:
+                    break
+                record = latest
+        raise ResultsMissing(query_id)
+
+    async def submit(self, sql: str) -> QueryRecord:
+        """Record a new QUEUED query and send it to Athena in the background."""
+        record = await self.store.create(
+            str(uuid.uuid4()), sql, self.database, self.workgroup, reason="submitted"
+        )
+        logger.info("state changed", query_id=record.id, state=record.state.value, event="submit")
+        self.spawn(self.launch(record.id))
+        return record
+
+    async def refresh(self, query_id: str) -> QueryRecord:
+        """Put a finished query back to QUEUED for a new Athena execution.
+
+        The state leaves SUCCEEDED before the old result file is removed, so no
+        reader is ever handed the old results as the new ones."""
+        async with self.lock(query_id):
+            current = await self.get(query_id)
+            if not current.is_finished:
+                raise self.running_error(current)
+            changes = {**_EXECUTION_COLUMNS, "run": current.run + 1}
+            refreshed = await self.apply(current, Event.REFRESH, reason="refresh", changes=changes)
+            if refreshed is None:
+                # Another process refreshed it first: it is QUEUED or further now.
+                raise self.running_error(await self.get(query_id))
+            await self.results.delete(query_id, current.athena_execution_id)
+        self.spawn(self.launch(query_id))
+        return refreshed
+
+    async def cancel(self, query_id: str) -> tuple[QueryRecord, bool]:
+        """Stop an unfinished query in Athena.
+
+        Returns the record and whether Athena confirmed the stop (CANCELLED now).
+        When Athena has not confirmed yet the poller finishes the cancel. A query
+        that finished in Athena first keeps its outcome: QueryFinished."""
+        async with self.lock(query_id):
+            current = await self.get(query_id)
+            _raise_if_finished(current)
+            execution_id = current.athena_execution_id
+            if execution_id is None:
+                return await self._cancel_confirmed(
+                    current, "cancelled before it was sent to Athena"
+                )
+            try:
+                await self.athena.stop(execution_id)
+            except AthenaCallError as exc:
+                if not exc.is_client_error:
+                    raise ServiceUnavailable("Athena did not take the stop; try again") from exc
+                # Athena refused the stop: the execution is finished there; ask what it became.
+            try:
+                execution = await self.athena.get(execution_id)
+            except AthenaCallError:
+                execution = None
+            if execution is not None and execution.state == Q.CANCELLED:
+                return await self._cancel_confirmed(current, "cancelled by client")
+            if execution is not None and execution.state in (Q.SUCCEEDED, Q.FAILED):
+                raise QueryFinished(
+                    query_id, execution.state, "it finished in Athena before the stop arrived"
+                )
+            marked = await self.store.update(current, {"cancel_requested_at": utcnow()})
+            if not marked:
+                _raise_if_finished(await self.get(query_id))
+            return await self.get(query_id), False
+
+    async def _cancel_confirmed(
+        self, current: QueryRecord, reason: str
+    ) -> tuple[QueryRecord, bool]:
+        cancelled = await self.apply(
+            current, Event.CANCEL, reason=reason, changes={"completed_at": utcnow()}
+        )
+        if cancelled is None:
+            latest = await self.get(current.id)
+            _raise_if_finished(latest)
+            return latest, False
+        return cancelled, True
+
+    def running_error(self, record: QueryRecord) -> QueryRunning:
+        return QueryRunning(record.id, record.state.value, self.retry_after)
+
+    # -- what the poller reports ------------------------------------------------------
+
+    async def launch(self, query_id: str) -> None:
+        """Send a QUEUED query that has no Athena execution yet to Athena.
+
+        A throttled or failed call leaves it QUEUED for the poller to try again;
+        Athena refusing the query itself fails it."""
+        async with self.lock(query_id):
+            current = await self.store.get(query_id)
+            if current is None or current.state != Q.QUEUED or current.athena_execution_id:
+                return
+            token = f"athenaq-{current.id}-{current.run}"
+            try:
+                execution_id = await self.athena.start(
+                    current.query_text, current.database_name, current.workgroup, token
+                )
+            except AthenaCallError as exc:
+                if exc.is_client_error:
+                    await self.apply(
+                        current,
+                        Event.FAIL,
+                        reason=f"Athena refused the query: {exc}",
+                        changes={"completed_at": utcnow()},
+                    )
+                return
+            if await self.store.update(current, {"athena_execution_id": execution_id}):
+                logger.info(
+                    "sent to Athena", query_id=query_id, athena_query_execution_id=execution_id
+                )
+                return
+        latest = await self.store.get(query_id)
+        if latest is None or latest.athena_execution_id != execution_id:
+            # Another process sent it too, or it was cancelled meanwhile: stop the orphan.
+            logger.warning(
+                "stopping an execution nobody tracks",
+                query_id=query_id,
+                athena_query_execution_id=execution_id,
+            )
+            with contextlib.suppress(AthenaCallError):
+                await self.athena.stop(execution_id)
+
+    async def observe(self, query_id: str, execution: Execution) -> bool:
+        """Feed Athena's view of the query's current execution into the machine.
+
+        Returns True when Athena says SUCCEEDED and the results must be stored."""
+        async with self.lock(query_id):
+            current = await self.store.get(query_id)
+            if (
+                current is None
+                or current.is_finished
+                or current.athena_execution_id != execution.execution_id
+            ):
+                return False  # a stale observation: refreshed or finished meanwhile
+            if execution.state in (Q.RUNNING, Q.SUCCEEDED) and current.state == Q.QUEUED:
+                current = await self.apply(
+                    current,
+                    Event.RUN,
+                    reason=f"Athena reports {execution.state}",
+                    changes={"started_at": utcnow()},
+                )
+                if current is None:
+                    return False
+            if execution.state == Q.SUCCEEDED:
+                return True
+            if execution.state == Q.FAILED:
+                await self.apply(
+                    current,
+                    Event.FAIL,
+                    reason=execution.reason or "failed in Athena",
+                    changes=_statistics(execution),
+                )
+            elif execution.state == Q.CANCELLED:
+                reason = (
+                    "cancelled by client"
+                    if current.cancel_requested_at
+                    else "cancelled in Athena, outside athenaq"
+                )
+                await self.apply(
+                    current, Event.CANCEL, reason=reason, changes=_statistics(execution)
+                )
+            return False
+
+    async def execution_lost(self, query_id: str, execution_id: str, message: str) -> None:
+        """Athena no longer knows the execution (expired history): the query cannot finish."""
+        async with self.lock(query_id):
+            current = await self.store.get(query_id)
+            if current and not current.is_finished and current.athena_execution_id == execution_id:
+                await self.apply(
+                    current,
+                    Event.FAIL,
+                    reason=f"Athena does not know the execution: {message}",
+                    changes={"completed_at": utcnow()},
+                )
+
+    async def store_results(self, query_id: str, execution: Execution) -> None:
+        """Download a SUCCEEDED execution's results, then (and only then) set SUCCEEDED.
+
+        The download holds no lock: cancels, refreshes and other queries go on meanwhile."""
+        execution_id = execution.execution_id
+        try:
+            row_count = await self.results.write(
+                query_id, execution_id, self.athena.result_pages(execution_id)
+            )
+        except (AthenaCallError, OSError) as exc:
+            if isinstance(exc, AthenaCallError) and not exc.is_client_error:
+                raise  # throttled or unavailable: the next poll tries again
+            async with self.lock(query_id):
+                current = await self.store.get(query_id)
+                if (
+                    current
+                    and current.state == Q.RUNNING
+                    and current.athena_execution_id == execution_id
+                ):
+                    await self.apply(
+                        current,
+                        Event.FAIL,
+                        reason=f"results could not be stored: {exc}",
+                        changes=_statistics(execution),
+                    )
+            return
+        async with self.lock(query_id):
+            current = await self.store.get(query_id)
+            if (
+                current
+                and current.state == Q.RUNNING
+                and current.athena_execution_id == execution_id
+            ):
+                changes = {**_statistics(execution), "results_at": utcnow(), "row_count": row_count}
+                if await self.apply(
+                    current, Event.SUCCEED, reason="results stored", changes=changes
+                ):
+                    return
+                current = await self.store.get(query_id)
+            won_elsewhere = (
+                current is not None
+                and current.state == Q.SUCCEEDED
+                and current.athena_execution_id == execution_id
+            )
+            if not won_elsewhere:
+                # Cancelled or refreshed while downloading: this file belongs to nobody.
+                await self.results.delete(query_id, execution_id)
+
+    # -- background work --------------------------------------------------------------
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run `work` in the background; `drain` waits for it at shutdown."""
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                logger.exception("background work failed")
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for background writes in flight (launches, cancels) to finish."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _raise_if_finished(record: QueryRecord) -> None:
+    if record.state == Q.CANCELLED:
+        raise QueryCancelled(record.id)
+    if record.state.is_finished:
+        raise QueryFinished(record.id, record.state.value)

@@ -1,0 +1,169 @@
+"""The poller: feeds Athena's view of every unfinished query into the machine.
+
+Each tick reads the unfinished queries from the store (so a restarted or a
+second process picks up every one of them), sends the ones not yet sent, asks
+Athena about the rest in batches of 50, and hands each observation to the
+machine. Result downloads run as their own tasks, so a large result never delays
+the polling of the other queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING
+
+from loguru import logger
+from tornado.ioloop import PeriodicCallback
+
+from athenaq.athena import BATCH_LIMIT, AthenaCallError, Execution
+
+if TYPE_CHECKING:
+    from athenaq.machine import Machine
+    from athenaq.store import QueryRecord
+
+# After an endpoint fails a batch call, ask per id for this long before trying again.
+BATCH_RETRY_SECONDS = 300.0
+
+
+class Poller:
+    """Periodically drives every QUEUED/RUNNING query; `start()`/`stop()` bound its life."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        interval_seconds: float,
+        *,
+        max_calls: int = 10,
+        max_downloads: int = 4,
+    ) -> None:
+        self.machine = machine
+        self.interval_seconds = interval_seconds
+        self._calls = asyncio.Semaphore(max_calls)
+        self._download_slots = asyncio.Semaphore(max_downloads)
+        self._downloads: dict[str, asyncio.Task[None]] = {}
+        self._callback: PeriodicCallback | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self._batch_retry_at = 0.0
+        self.ticks = 0
+
+    def start(self) -> None:
+        """Begin polling now, then every interval (with 10% jitter so processes spread out)."""
+        self._callback = PeriodicCallback(self._run_tick, self.interval_seconds * 1000, jitter=0.1)
+        self._callback.start()
+        self._run_tick()
+
+    async def stop(self) -> None:
+        """Stop ticking, wait for the tick in flight, abandon downloads (a restart redoes them)."""
+        if self._callback is not None:
+            self._callback.stop()
+        if self._tick_task is not None:
+            await asyncio.gather(self._tick_task, return_exceptions=True)
+        downloads = list(self._downloads.values())
+        for task in downloads:
+            task.cancel()
+        await asyncio.gather(*downloads, return_exceptions=True)
+
+    def _run_tick(self) -> None:
+        # A slow tick is not overlapped by the next one: it is skipped instead.
+        if self._tick_task is None or self._tick_task.done():
+            self._tick_task = asyncio.ensure_future(self.tick())
+
+    async def tick(self) -> None:
+        """One round over the unfinished queries; errors are per query, never fatal."""
+        self.ticks += 1
+        try:
+            records = await self.machine.store.unfinished()
+        except Exception:
+            logger.exception("poller could not read the store")
+            return
+        unsent = [r.id for r in records if r.athena_execution_id is None]
+        watched = {
+            r.athena_execution_id: r
+            for r in records
+            if r.athena_execution_id is not None and r.id not in self._downloads
+        }
+        await self._bounded(self.machine.launch(query_id) for query_id in unsent)
+        if not watched:
+            return
+        executions, missing = await self._fetch(list(watched))
+        await self._bounded(self._observe(watched[e.execution_id], e) for e in executions)
+        await self._bounded(
+            self.machine.execution_lost(watched[i].id, i, message) for i, message in missing
+        )
+
+    async def _observe(self, record: QueryRecord, execution: Execution) -> None:
+        if await self.machine.observe(record.id, execution) and record.id not in self._downloads:
+            task = asyncio.ensure_future(self._download(record.id, execution))
+            self._downloads[record.id] = task
+            task.add_done_callback(lambda _: self._downloads.pop(record.id, None))
+
+    async def _download(self, query_id: str, execution: Execution) -> None:
+        async with self._download_slots:
+            started = time.monotonic()
+            try:
+                await self.machine.store_results(query_id, execution)
+            except Exception:
+                logger.exception(
+                    "storing results failed; the next poll tries again",
+                    query_id=query_id,
+                    athena_query_execution_id=execution.execution_id,
+                )
+                return
+            logger.info(
+                "results stored",
+                query_id=query_id,
+                athena_query_execution_id=execution.execution_id,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+
+    async def _fetch(
+        self, execution_ids: list[str]
+    ) -> tuple[list[Execution], list[tuple[str, str]]]:
+        """Athena's view of each id, batched where the endpoint can; also the ids Athena
+        says it does not know, with its message."""
+        executions: list[Execution] = []
+        singles: list[str] = []
+        if time.monotonic() >= self._batch_retry_at:
+            for start in range(0, len(execution_ids), BATCH_LIMIT):
+                chunk = execution_ids[start : start + BATCH_LIMIT]
+                try:
+                    found, unprocessed = await self.machine.athena.batch_get(chunk)
+                except AthenaCallError as exc:
+                    if exc.is_throttling:
+                        return executions, []  # ease off until the next tick
+                    logger.warning(
+                        "batch status call failed; asking per query for a while",
+                        error_code=exc.code,
+                    )
+                    self._batch_retry_at = time.monotonic() + BATCH_RETRY_SECONDS
+                    singles.extend(execution_ids[start:])
+                    break
+                executions.extend(found)
+                singles.extend(unprocessed)
+        else:
+            singles = execution_ids
+        missing: list[tuple[str, str]] = []
+
+        async def get_one(execution_id: str) -> None:
+            try:
+                executions.append(await self.machine.athena.get(execution_id))
+            except AthenaCallError as exc:
+                if exc.is_client_error:
+                    missing.append((execution_id, exc.message))
+
+        await self._bounded(get_one(i) for i in singles)
+        return executions, missing
+
+    async def _bounded(self, works: Iterable[Awaitable[None]]) -> None:
+        """Run `works` concurrently, at most `max_calls` at a time, logging each failure."""
+
+        async def guarded(work: Awaitable[None]) -> None:
+            async with self._calls:
+                try:
+                    await work
+                except Exception:
+                    logger.exception("poller step failed")
+
+        await asyncio.gather(*(guarded(w) for w in works))

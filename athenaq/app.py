@@ -91,9 +91,11 @@ class Service:
 
     async def stop(self) -> None:
         """Stop polling and accepting, let work in flight finish, close the store and clients."""
+        if self.poller is None:
+            return
         started = time.monotonic()
-        if self.poller is not None:
-            await self.poller.stop()
+        await self.poller.stop()
+        self.poller = None
         if self._server is not None:
             self._server.stop()
             if self._ctx is not None:

@@ -28,9 +28,11 @@ CLIENT_CONFIG = AioConfig(
     read_timeout=60,
     max_pool_connections=50,
 )
-# The batch status call is tried once: where it fails, the poller asks per id at once
-# instead of waiting out retries (moto and some Athena look-alikes lack the call).
-PROBE_CONFIG = CLIENT_CONFIG.merge(AioConfig(retries={"mode": "standard", "total_max_attempts": 1}))
+# Calls the poller repeats at its next tick anyway are tried once, so a throttled start
+# or an endpoint without the batch call (moto) never holds a tick or a lock for seconds.
+SINGLE_ATTEMPT = CLIENT_CONFIG.merge(
+    AioConfig(retries={"mode": "standard", "total_max_attempts": 1})
+)
 BATCH_LIMIT = 50
 PAGE_ROWS = 1000
 THROTTLING_CODES = frozenset({"TooManyRequestsException", "ThrottlingException"})
@@ -119,9 +121,9 @@ def _cells(row: dict[str, Any]) -> list[str | None]:
 class Athena:
     """The service's Athena client; one per process, opened and closed by `main`."""
 
-    def __init__(self, client: Any, probe_client: Any, output_location: str) -> None:
+    def __init__(self, client: Any, single_attempt_client: Any, output_location: str) -> None:
         self._client = client
-        self._probe_client = probe_client
+        self._single_attempt_client = single_attempt_client
         self._output_location = output_location
 
     @classmethod
@@ -129,7 +131,7 @@ class Athena:
     async def open(cls, config: AthenaConfig) -> AsyncIterator[Athena]:
         session = get_session()
         async with contextlib.AsyncExitStack() as stack:
-            client, probe_client = [
+            client, single_attempt_client = [
                 await stack.enter_async_context(
                     session.create_client(
                         "athena",
@@ -138,13 +140,15 @@ class Athena:
                         config=client_config,
                     )
                 )
-                for client_config in (CLIENT_CONFIG, PROBE_CONFIG)
+                for client_config in (CLIENT_CONFIG, SINGLE_ATTEMPT)
             ]
-            yield cls(client, probe_client, config.output_location)
+            yield cls(client, single_attempt_client, config.output_location)
 
-    async def _call(self, operation: str, *, probe: bool = False, **params: Any) -> dict[str, Any]:
+    async def _call(
+        self, operation: str, *, single_attempt: bool = False, **params: Any
+    ) -> dict[str, Any]:
         started = time.monotonic()
-        client = self._probe_client if probe else self._client
+        client = self._single_attempt_client if single_attempt else self._client
         try:
             response: dict[str, Any] = await getattr(client, operation)(**params)
         except ClientError as exc:
@@ -169,9 +173,10 @@ class Athena:
         raise failure
 
     async def start(self, sql: str, database: str, workgroup: str, token: str) -> str:
-        """Start an execution; `token` makes a retried start idempotent in AWS."""
+        """Start an execution, trying once; `token` makes a repeated start idempotent in AWS."""
         response = await self._call(
             "start_query_execution",
+            single_attempt=True,
             QueryString=sql,
             ClientRequestToken=token,
             QueryExecutionContext={"Database": database},
@@ -186,12 +191,11 @@ class Athena:
         return _execution(response["QueryExecution"])
 
     async def batch_get(self, execution_ids: Sequence[str]) -> tuple[list[Execution], list[str]]:
-        """Up to 50 executions in one call, not retried; also returns the ids Athena did not
-        process."""
+        """Up to 50 executions in one call; also returns the ids Athena did not process."""
         if not 1 <= len(execution_ids) <= BATCH_LIMIT:
             raise ValueError(f"batch of {len(execution_ids)} ids; Athena takes 1 to {BATCH_LIMIT}")
         response = await self._call(
-            "batch_get_query_execution", probe=True, QueryExecutionIds=list(execution_ids)
+            "batch_get_query_execution", single_attempt=True, QueryExecutionIds=list(execution_ids)
         )
         executions = [_execution(raw) for raw in response.get("QueryExecutions", [])]
         unprocessed = [

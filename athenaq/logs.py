@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tornado.web import RequestHandler
 
 
-def _json_sink(stream: TextIO) -> Any:
+def _json_sink(stream: TextIO | None) -> Any:
     def sink(message: Message) -> None:
         record = message.record
         line: dict[str, Any] = {
@@ -34,8 +34,10 @@ def _json_sink(stream: TextIO) -> Any:
         if record["exception"] is not None:
             exc_type, exc_value, _ = record["exception"]
             line["exception"] = f"{getattr(exc_type, '__name__', exc_type)}: {exc_value}"
-        stream.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
-        stream.flush()
+        # Looked up at each line when not given, so a replaced sys.stderr is honoured.
+        out = stream or sys.stderr
+        out.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
+        out.flush()
 
     return sink
 
@@ -65,7 +67,7 @@ class _InterceptHandler(logging.Handler):
 def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Send all of the process's logs to `stream` (stderr) as JSON lines."""
     logger.remove()
-    logger.add(_json_sink(stream or sys.stderr), level=level, backtrace=False, diagnose=False)
+    logger.add(_json_sink(stream), level=level, backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     # One access line per request comes from log_request; Tornado's own would repeat it.
     logging.getLogger("tornado.access").disabled = True

@@ -88,6 +88,8 @@ TRANSITIONS: Mapping[tuple[QueryState, Event], QueryState] = {
     (Q.FAILED, Event.REFRESH): Q.QUEUED,
     (Q.CANCELLED, Event.REFRESH): Q.QUEUED,
 }
+# How often an operation re-reads and tries again when another process changed the query.
+RACE_RETRIES = 5
 LEGAL_MOVES = frozenset((source, target) for (source, _), target in TRANSITIONS.items())
 
 
@@ -267,49 +269,62 @@ class Machine:
     async def cancel(self, query_id: str) -> tuple[QueryRecord, bool]:
         """Stop an unfinished query in Athena.
 
-        Returns the record and whether Athena confirmed the stop (CANCELLED now).
-        When Athena has not confirmed yet the poller finishes the cancel. A query
+        Returns the record and whether the query is CANCELLED now (Athena confirmed the
+        stop). When Athena has not confirmed yet the poller finishes the cancel. A query
         that finished in Athena first keeps its outcome: QueryFinished."""
         async with self.lock(query_id):
-            current = await self.get(query_id)
-            _raise_if_finished(current)
-            execution_id = current.athena_execution_id
-            if execution_id is None:
-                return await self._cancel_confirmed(
-                    current, "cancelled before it was sent to Athena"
-                )
-            try:
-                await self.athena.stop(execution_id)
-            except AthenaCallError as exc:
-                if not exc.is_client_error:
-                    raise ServiceUnavailable("Athena did not take the stop; try again") from exc
-                # Athena refused the stop: the execution is finished there; ask what it became.
-            try:
-                execution = await self.athena.get(execution_id)
-            except AthenaCallError:
-                execution = None
-            if execution is not None and execution.state == Q.CANCELLED:
-                return await self._cancel_confirmed(current, "cancelled by client")
-            if execution is not None and execution.state in (Q.SUCCEEDED, Q.FAILED):
-                raise QueryFinished(
-                    query_id, execution.state, "it finished in Athena before the stop arrived"
-                )
-            marked = await self.store.update(current, {"cancel_requested_at": utcnow()})
-            if not marked:
-                _raise_if_finished(await self.get(query_id))
-            return await self.get(query_id), False
+            for _ in range(RACE_RETRIES):
+                current = await self.get(query_id)
+                _raise_if_finished(current)
+                if current.athena_execution_id is None:
+                    cancelled = await self.apply(
+                        current,
+                        Event.CANCEL,
+                        reason="cancelled before it was sent to Athena",
+                        changes={"completed_at": utcnow()},
+                    )
+                    if cancelled is not None:
+                        return cancelled, True
+                # Marked before the stop, so whichever process polls Athena's CANCELLED
+                # first knows the client asked for it.
+                elif current.cancel_requested_at is not None or await self.store.update(
+                    current, {"cancel_requested_at": utcnow()}
+                ):
+                    return await self._stop(query_id, current.athena_execution_id)
+        raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
 
-    async def _cancel_confirmed(
-        self, current: QueryRecord, reason: str
-    ) -> tuple[QueryRecord, bool]:
-        cancelled = await self.apply(
-            current, Event.CANCEL, reason=reason, changes={"completed_at": utcnow()}
-        )
-        if cancelled is None:
-            latest = await self.get(current.id)
-            _raise_if_finished(latest)
-            return latest, False
-        return cancelled, True
+    async def _stop(self, query_id: str, execution_id: str) -> tuple[QueryRecord, bool]:
+        try:
+            await self.athena.stop(execution_id)
+        except AthenaCallError as exc:
+            if not exc.is_client_error:
+                raise ServiceUnavailable("Athena did not take the stop; try again") from exc
+            # Athena refused the stop: the execution is finished there; ask what it became.
+        try:
+            execution: Execution | None = await self.athena.get(execution_id)
+        except AthenaCallError:
+            execution = None
+        if execution is not None and execution.state in (Q.SUCCEEDED, Q.FAILED):
+            raise QueryFinished(
+                query_id, execution.state, "it finished in Athena before the stop arrived"
+            )
+        confirmed = execution is not None and execution.state == Q.CANCELLED
+        for _ in range(RACE_RETRIES):
+            current = await self.get(query_id)
+            if current.state == Q.CANCELLED:
+                return current, True  # the poller recorded Athena's CANCELLED first
+            _raise_if_finished(current)
+            if not confirmed:
+                return current, False
+            cancelled = await self.apply(
+                current,
+                Event.CANCEL,
+                reason="cancelled by client",
+                changes=_statistics(execution) if execution else {},
+            )
+            if cancelled is not None:
+                return cancelled, True
+        raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
 
     def running_error(self, record: QueryRecord) -> QueryRunning:
         return QueryRunning(record.id, record.state.value, self.retry_after)
@@ -434,25 +449,28 @@ class Machine:
                         changes=_statistics(execution),
                     )
             return
+        changes = {**_statistics(execution), "results_at": utcnow(), "row_count": row_count}
         async with self.lock(query_id):
-            current = await self.store.get(query_id)
-            if (
-                current
-                and current.state == Q.RUNNING
-                and current.athena_execution_id == execution_id
-            ):
-                changes = {**_statistics(execution), "results_at": utcnow(), "row_count": row_count}
+            for _ in range(RACE_RETRIES):
+                current = await self.store.get(query_id)
+                if not (
+                    current
+                    and current.state == Q.RUNNING
+                    and current.athena_execution_id == execution_id
+                ):
+                    break
+                # A lost compare-and-set means another writer touched the row (a cancel
+                # request, another process's download): read again and retry.
                 if await self.apply(
                     current, Event.SUCCEED, reason="results stored", changes=changes
                 ):
                     return
-                current = await self.store.get(query_id)
-            won_elsewhere = (
+            stored_elsewhere = (
                 current is not None
                 and current.state == Q.SUCCEEDED
                 and current.athena_execution_id == execution_id
             )
-            if not won_elsewhere:
+            if not stored_elsewhere:
                 # Cancelled or refreshed while downloading: this file belongs to nobody.
                 await self.results.delete(query_id, execution_id)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from tornado.ioloop import PeriodicCallback
@@ -43,6 +43,7 @@ class Poller:
         self._calls = asyncio.Semaphore(max_calls)
         self._download_slots = asyncio.Semaphore(max_downloads)
         self._downloads: dict[str, asyncio.Task[None]] = {}
+        self._launches: dict[str, asyncio.Task[None]] = {}
         self._callback: PeriodicCallback | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._batch_retry_at = 0.0
@@ -55,11 +56,13 @@ class Poller:
         self._run_tick()
 
     async def stop(self) -> None:
-        """Stop ticking, wait for the tick in flight, abandon downloads (a restart redoes them)."""
+        """Stop ticking, wait for the tick and the starts in flight (an execution started but
+        not recorded would run untracked), abandon downloads (a restart redoes them)."""
         if self._callback is not None:
             self._callback.stop()
         if self._tick_task is not None:
             await asyncio.gather(self._tick_task, return_exceptions=True)
+        await asyncio.gather(*self._launches.values(), return_exceptions=True)
         downloads = list(self._downloads.values())
         for task in downloads:
             task.cancel()
@@ -78,13 +81,14 @@ class Poller:
         except Exception:
             logger.exception("poller could not read the store")
             return
-        unsent = [r.id for r in records if r.athena_execution_id is None]
+        for record in records:
+            if record.athena_execution_id is None:
+                self._in_background(self._launches, record.id, self.machine.launch(record.id))
         watched = {
             r.athena_execution_id: r
             for r in records
             if r.athena_execution_id is not None and r.id not in self._downloads
         }
-        await self._bounded(self.machine.launch(query_id) for query_id in unsent)
         if not watched:
             return
         executions, missing = await self._fetch(list(watched))
@@ -94,10 +98,21 @@ class Poller:
         )
 
     async def _observe(self, record: QueryRecord, execution: Execution) -> None:
-        if await self.machine.observe(record.id, execution) and record.id not in self._downloads:
-            task = asyncio.ensure_future(self._download(record.id, execution))
-            self._downloads[record.id] = task
-            task.add_done_callback(lambda _: self._downloads.pop(record.id, None))
+        if await self.machine.observe(record.id, execution):
+            self._in_background(self._downloads, record.id, self._download(record.id, execution))
+
+    @staticmethod
+    def _in_background(
+        tasks: dict[str, asyncio.Task[None]], query_id: str, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run `work` as its own task unless one for the query is already under way: a slow
+        start or download never holds up the tick, and never runs twice at once."""
+        if query_id in tasks:
+            work.close()
+            return
+        task = asyncio.ensure_future(work)
+        tasks[query_id] = task
+        task.add_done_callback(lambda _: tasks.pop(query_id, None))
 
     async def _download(self, query_id: str, execution: Execution) -> None:
         async with self._download_slots:

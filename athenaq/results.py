@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from loguru import logger
+
 from athenaq.athena import Column, ResultPage
 
 TEMP_PREFIX = ".partial-"
@@ -79,6 +81,9 @@ class ResultFiles:
 
     async def delete(self, query_id: str, execution_id: str | None) -> None:
         if execution_id:
+            logger.debug(
+                "deleting results", query_id=query_id, athena_query_execution_id=execution_id
+            )
             await asyncio.to_thread(self.path(query_id, execution_id).unlink, missing_ok=True)
 
 

@@ -7,6 +7,8 @@ the same transition.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -156,6 +158,22 @@ class Store:
         )
         return cls(pool)
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Any]:
+        """A cursor whose statements commit together, or not at all."""
+        async with self._pool.acquire() as conn:
+            await conn.begin()
+            try:
+                async with conn.cursor() as cur:
+                    yield cur
+                await conn.commit()
+            except BaseException:
+                # A cancelled or broken connection may not take the rollback either; the
+                # server undoes an uncommitted transaction when the connection drops.
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                raise
+
     async def close(self) -> None:
         self._pool.close()
         await self._pool.wait_closed()
@@ -193,35 +211,28 @@ class Store:
             version=0,
             updated_at=now,
         )
-        async with self._pool.acquire() as conn:
-            await conn.begin()
-            try:
-                async with conn.cursor() as cur:
-                    await cur.execute(
-                        "INSERT INTO queries (id, query_text, database_name, workgroup, state,"
-                        " run, submitted_at, version, updated_at)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        (
-                            query_id,
-                            sql,
-                            database,
-                            workgroup,
-                            record.state.value,
-                            record.run,
-                            now,
-                            record.version,
-                            now,
-                        ),
-                    )
-                    await cur.execute(
-                        "INSERT INTO query_transitions (query_id, from_state, to_state, reason, at)"
-                        " VALUES (%s, NULL, %s, %s, %s)",
-                        (query_id, record.state.value, reason, now),
-                    )
-                await conn.commit()
-            except BaseException:
-                await conn.rollback()
-                raise
+        async with self._transaction() as cur:
+            await cur.execute(
+                "INSERT INTO queries (id, query_text, database_name, workgroup, state,"
+                " run, submitted_at, version, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    query_id,
+                    sql,
+                    database,
+                    workgroup,
+                    record.state.value,
+                    record.run,
+                    now,
+                    record.version,
+                    now,
+                ),
+            )
+            await cur.execute(
+                "INSERT INTO query_transitions (query_id, from_state, to_state, reason, at)"
+                " VALUES (%s, NULL, %s, %s, %s)",
+                (query_id, record.state.value, reason, now),
+            )
         return record
 
     async def get(self, query_id: str) -> QueryRecord | None:
@@ -251,35 +262,27 @@ class Store:
         transaction. False when another writer changed the row since `current` was read."""
         assignments, values = _assignments(changes)
         now = utcnow()
-        async with self._pool.acquire() as conn:
-            await conn.begin()
-            try:
-                async with conn.cursor() as cur:
-                    updated = await cur.execute(
-                        "UPDATE queries SET state = %s, version = version + 1, updated_at = %s"
-                        + assignments
-                        + " WHERE id = %s AND state = %s AND version = %s",
-                        (
-                            to_state.value,
-                            now,
-                            *values,
-                            current.id,
-                            current.state.value,
-                            current.version,
-                        ),
-                    )
-                    if updated != 1:
-                        await conn.rollback()
-                        return False
-                    await cur.execute(
-                        "INSERT INTO query_transitions (query_id, from_state, to_state, reason, at)"
-                        " VALUES (%s, %s, %s, %s, %s)",
-                        (current.id, current.state.value, to_state.value, reason, now),
-                    )
-                await conn.commit()
-            except BaseException:
-                await conn.rollback()
-                raise
+        async with self._transaction() as cur:
+            updated = await cur.execute(
+                "UPDATE queries SET state = %s, version = version + 1, updated_at = %s"
+                + assignments
+                + " WHERE id = %s AND state = %s AND version = %s",
+                (
+                    to_state.value,
+                    now,
+                    *values,
+                    current.id,
+                    current.state.value,
+                    current.version,
+                ),
+            )
+            if updated != 1:
+                return False  # nothing written: the transaction has nothing to undo
+            await cur.execute(
+                "INSERT INTO query_transitions (query_id, from_state, to_state, reason, at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (current.id, current.state.value, to_state.value, reason, now),
+            )
         return True
 
     async def update(self, current: QueryRecord, changes: dict[str, Any]) -> bool:

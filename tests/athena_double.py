@@ -1,10 +1,15 @@
 """An Athena-compatible HTTP endpoint for tests: AWS JSON 1.1, scripted by the SQL text.
 
-moto's Athena lacks paging, FAILED, BatchGetQueryExecution, throttling and idempotency
-(see /work/shared/ATHENA.md), so this double speaks the wire protocol itself and lets
-each query script its own life with a line comment, e.g.
+moto's Athena (5.2) lacks paging, FAILED, BatchGetQueryExecution, throttling,
+idempotency and Athena's stop semantics, so this double speaks the wire protocol itself
+and lets each query script its own life with a line comment, e.g.
 
     SELECT 1 -- double: {"queue_ms": 50, "run_ms": 200, "generate": 2500}
+
+Keys: queue_ms, run_ms, hold (RUNNING until released or stopped), fail (reason),
+columns + rows, generate (N rows), scanned_bytes, start_throttle (K throttled starts),
+start_invalid (message), results_delay_ms (per GetQueryResults call), stop_ms (how
+long a stop takes to be confirmed).
 
 Only tornado and the standard library are used, so it also runs as a standalone program
 (``python tests/athena_double.py --port 8765``) for benchmarks and manual testing.
@@ -36,15 +41,25 @@ ACTIVE = frozenset({"QUEUED", "RUNNING"})
 _DIRECTIVE = re.compile(r"--\s*double:(.*)$", re.MULTILINE)
 _GENERATED = [["n", "integer"], ["label", "varchar"], ["maybe", "varchar"]]
 # Precision Athena reports per type in ColumnInfo (0 for the rest).
-_PRECISION = {"tinyint": 3, "smallint": 5, "integer": 10, "bigint": 19, "double": 17,
-              "float": 17, "varchar": 2147483647, "string": 2147483647, "timestamp": 3}
+_PRECISION = {
+    "tinyint": 3,
+    "smallint": 5,
+    "integer": 10,
+    "bigint": 19,
+    "double": 17,
+    "float": 17,
+    "varchar": 2147483647,
+    "string": 2147483647,
+    "timestamp": 3,
+}
 
 
 class ApiError(Exception):
     """An AWS JSON 1.1 error reply: `__type` plus whatever extra fields the shape has."""
 
-    def __init__(self, kind: str, message: str | None = None, status: int = 400,
-                 **extra: Any) -> None:
+    def __init__(
+        self, kind: str, message: str | None = None, status: int = 400, **extra: Any
+    ) -> None:
         super().__init__(message or kind)
         self.status = status
         self.body: Json = {"__type": kind, **extra}
@@ -84,7 +99,7 @@ class Execution:
 
     def timeline(self, now: float) -> tuple[str, float | None]:
         """The state at monotonic `now`, and when it became final (None while active)."""
-        if self.forced is not None:
+        if self.forced is not None and now >= self.forced_at:
             return self.forced, self.forced_at
         queue, run = self._ms("queue_ms"), self._ms("run_ms")
         elapsed = now - self.started
@@ -109,15 +124,23 @@ class Execution:
         if final_at is not None and state != "SUCCEEDED" and reason is not None:
             status["StateChangeReason"] = str(reason)
         if state == "FAILED":
-            status["AthenaError"] = {"ErrorCategory": 2, "ErrorType": 1001,
-                                     "Retryable": False, "ErrorMessage": str(reason)}
+            status["AthenaError"] = {
+                "ErrorCategory": 2,
+                "ErrorType": 1001,
+                "Retryable": False,
+                "ErrorMessage": str(reason),
+            }
         if final_at is not None:
             status["CompletionDateTime"] = self.submitted + total
         context: Json = {"Database": self.database} if self.database else {}
         out: Json = {"OutputLocation": f"{self.output}{self.id}.csv"} if self.output else {}
         return {
-            "QueryExecutionId": self.id, "Query": self.sql, "StatementType": "DML",
-            "ResultConfiguration": out, "QueryExecutionContext": context, "Status": status,
+            "QueryExecutionId": self.id,
+            "Query": self.sql,
+            "StatementType": "DML",
+            "ResultConfiguration": out,
+            "QueryExecutionContext": context,
+            "Status": status,
             "Statistics": {
                 "EngineExecutionTimeInMillis": round((total - queued) * 1000),
                 "DataScannedInBytes": int(self.script.get("scanned_bytes", 1024)),
@@ -165,7 +188,7 @@ def _ids_page(ids: list[str], body: Json, default: int, cap: int) -> tuple[list[
     if not 1 <= int(limit) <= cap:
         raise invalid(f"MaxResults must be between 1 and {cap}")
     offset = _decode_token(body["NextToken"], "list") if body.get("NextToken") else 0
-    return ids[offset:offset + int(limit)], offset + int(limit)
+    return ids[offset : offset + int(limit)], offset + int(limit)
 
 
 class AthenaState:
@@ -202,11 +225,11 @@ class AthenaState:
     def execution(self, execution_id: str) -> Json:
         with self._lock:
             e = self._executions[execution_id]  # KeyError for unknown ids
-            return {"state": e.state(time.monotonic()), "stop_calls": e.stop_calls,
-                    "sql": e.sql}
+            return {"state": e.state(time.monotonic()), "stop_calls": e.stop_calls, "sql": e.sql}
 
-    def release(self, execution_id: str, state: str = "SUCCEEDED",
-                reason: str | None = None) -> str:
+    def release(
+        self, execution_id: str, state: str = "SUCCEEDED", reason: str | None = None
+    ) -> str:
         if state not in ("SUCCEEDED", "FAILED"):
             raise ValueError(f"cannot release into {state}")
         with self._lock:
@@ -227,8 +250,11 @@ class AthenaState:
         if handler is None:
             raise ApiError("UnknownOperationException")
         if operation == "BatchGetQueryExecution" and not self.batch:
-            raise ApiError("InternalServerException", "BatchGetQueryExecution is not "
-                           "available on this endpoint", status=500)
+            raise ApiError(
+                "InternalServerException",
+                "BatchGetQueryExecution is not available on this endpoint",
+                status=500,
+            )
         with self._lock:
             return handler(self, body, time.monotonic())
 
@@ -259,11 +285,16 @@ class AthenaState:
         if self.max_running is not None and active >= self.max_running:
             raise _throttle()
         context = body.get("QueryExecutionContext") or {}
-        e = Execution(id=str(uuid.uuid4()), sql=sql, script=script,
-                      database=context.get("Database"),
-                      workgroup=body.get("WorkGroup") or "primary",
-                      output=(body.get("ResultConfiguration") or {}).get("OutputLocation"),
-                      submitted=time.time(), started=now)
+        e = Execution(
+            id=str(uuid.uuid4()),
+            sql=sql,
+            script=script,
+            database=context.get("Database"),
+            workgroup=body.get("WorkGroup") or "primary",
+            output=(body.get("ResultConfiguration") or {}).get("OutputLocation"),
+            submitted=time.time(),
+            started=now,
+        )
         self._executions[e.id] = e
         if token is not None:
             self._tokens[str(token)] = e.id
@@ -277,16 +308,23 @@ class AthenaState:
         if not isinstance(ids, list) or not 1 <= len(ids) <= 50:
             raise invalid("QueryExecutionIds must hold 1 to 50 ids")
         found = [self._executions[i].to_wire(now) for i in ids if i in self._executions]
-        missing = [{"QueryExecutionId": i, "ErrorCode": "INVALID_INPUT",
-                    "ErrorMessage": f"QueryExecution {i} was not found"}
-                   for i in ids if i not in self._executions]
+        missing = [
+            {
+                "QueryExecutionId": i,
+                "ErrorCode": "INVALID_INPUT",
+                "ErrorMessage": f"QueryExecution {i} was not found",
+            }
+            for i in ids
+            if i not in self._executions
+        ]
         return {"QueryExecutions": found, "UnprocessedQueryExecutionIds": missing}
 
     def stop_query_execution(self, body: Json, now: float) -> Json:
         e = self._get(body.get("QueryExecutionId"))
         e.stop_calls += 1
         if e.state(now) in ACTIVE:  # real Athena leaves a finished query alone
-            e.finish("CANCELLED", "Query cancelled by user", now)
+            # stop_ms: Athena takes that long to confirm the stop, as it may in AWS.
+            e.finish("CANCELLED", "Query cancelled by user", now + e._ms("stop_ms"))
         return {}
 
     def get_query_results(self, body: Json, now: float) -> Json:
@@ -303,17 +341,32 @@ class AthenaState:
         start = _decode_token(body["NextToken"], e.id) if body.get("NextToken") else 0
         end = min(start + limit, e.row_count() + 1)
         cols = e.columns()
-        rows = [[name for name, _ in cols] if i == 0 else e.row(i - 1)
-                for i in range(start, end)]
-        info = [{"CatalogName": "hive", "SchemaName": "", "TableName": "", "Name": name,
-                 "Label": name, "Type": kind, "Precision": _PRECISION.get(kind, 0),
-                 "Scale": 0, "Nullable": "UNKNOWN",
-                 "CaseSensitive": kind in ("varchar", "char", "string")}
-                for name, kind in cols]
-        out: Json = {"UpdateCount": 0, "ResultSet": {
-            "Rows": [{"Data": [{} if v is None else {"VarCharValue": v} for v in row]}
-                     for row in rows],
-            "ResultSetMetadata": {"ColumnInfo": info}}}
+        rows = [[name for name, _ in cols] if i == 0 else e.row(i - 1) for i in range(start, end)]
+        info = [
+            {
+                "CatalogName": "hive",
+                "SchemaName": "",
+                "TableName": "",
+                "Name": name,
+                "Label": name,
+                "Type": kind,
+                "Precision": _PRECISION.get(kind, 0),
+                "Scale": 0,
+                "Nullable": "UNKNOWN",
+                "CaseSensitive": kind in ("varchar", "char", "string"),
+            }
+            for name, kind in cols
+        ]
+        out: Json = {
+            "UpdateCount": 0,
+            "ResultSet": {
+                "Rows": [
+                    {"Data": [{} if v is None else {"VarCharValue": v} for v in row]}
+                    for row in rows
+                ],
+                "ResultSetMetadata": {"ColumnInfo": info},
+            },
+        }
         if end < e.row_count() + 1:
             out["NextToken"] = _encode_token({"q": e.id, "o": end})
         return out
@@ -330,8 +383,11 @@ class AthenaState:
 
 
 def _throttle() -> ApiError:
-    return ApiError("TooManyRequestsException", "Too many concurrent queries",
-                    Reason="CONCURRENT_QUERY_LIMIT_EXCEEDED")
+    return ApiError(
+        "TooManyRequestsException",
+        "Too many concurrent queries",
+        Reason="CONCURRENT_QUERY_LIMIT_EXCEEDED",
+    )
 
 
 _OPERATIONS: dict[str, Callable[[AthenaState, Json, float], Json]] = {
@@ -390,8 +446,9 @@ class _ReleaseHandler(_Handler):
     def post(self) -> None:
         body = _parse(self.request.body) or {}
         try:
-            final = self.double.release(str(body.get("id")), body.get("state", "SUCCEEDED"),
-                                        body.get("reason"))
+            final = self.double.release(
+                str(body.get("id")), body.get("state", "SUCCEEDED"), body.get("reason")
+            )
             self.reply(200, {"state": final})
         except KeyError:
             self.reply(404, {"error": f"unknown execution {body.get('id')}"})
@@ -421,8 +478,9 @@ class _ResetHandler(_Handler):
 class AthenaDouble:
     """The endpoint; `start()` serves it on its own thread and event loop."""
 
-    def __init__(self, *, batch: bool = True, delay_ms: int = 0,
-                 max_running: int | None = None) -> None:
+    def __init__(
+        self, *, batch: bool = True, delay_ms: int = 0, max_running: int | None = None
+    ) -> None:
         self.delay_ms = delay_ms
         self.state = AthenaState(batch=batch, max_running=max_running)
         self._port: int | None = None
@@ -432,8 +490,9 @@ class AthenaDouble:
         self._error: BaseException | None = None
 
     # The control API, callable from any thread.
-    def release(self, execution_id: str, state: str = "SUCCEEDED",
-                reason: str | None = None) -> str:
+    def release(
+        self, execution_id: str, state: str = "SUCCEEDED", reason: str | None = None
+    ) -> str:
         return self.state.release(execution_id, state, reason)
 
     def calls(self) -> dict[str, int]:
@@ -453,17 +512,23 @@ class AthenaDouble:
 
     def make_app(self) -> tornado.web.Application:
         args = {"double": self}
-        return tornado.web.Application([
-            (r"/", _AthenaHandler, args),
-            (r"/_double/release", _ReleaseHandler, args),
-            (r"/_double/calls", _CallsHandler, args),
-            (r"/_double/executions/([^/]+)", _ExecutionHandler, args),
-            (r"/_double/reset", _ResetHandler, args),
-        ])
+        return tornado.web.Application(
+            [
+                (r"/", _AthenaHandler, args),
+                (r"/_double/release", _ReleaseHandler, args),
+                (r"/_double/calls", _CallsHandler, args),
+                (r"/_double/executions/([^/]+)", _ExecutionHandler, args),
+                (r"/_double/reset", _ResetHandler, args),
+            ]
+        )
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 0,
-                    on_ready: Callable[[str], None] | None = None,
-                    stop: asyncio.Event | None = None) -> None:
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_ready: Callable[[str], None] | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
         """Serve on the running loop until `stop` (or `self.stop()`) fires."""
         self._loop, self._stop_event = asyncio.get_running_loop(), stop or asyncio.Event()
         sockets = tornado.netutil.bind_sockets(port, host)
@@ -519,25 +584,36 @@ class AthenaDouble:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    double = AthenaDouble(batch=args.batch, delay_ms=args.delay_ms,
-                          max_running=args.max_running)
+    double = AthenaDouble(batch=args.batch, delay_ms=args.delay_ms, max_running=args.max_running)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await double.serve(args.host, args.port, stop=stop,
-                       on_ready=lambda url: print(f"listening on {url}", flush=True))
+    await double.serve(
+        args.host,
+        args.port,
+        stop=stop,
+        on_ready=lambda url: print(f"listening on {url}", flush=True),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Athena-compatible test endpoint")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--no-batch", dest="batch", action="store_false",
-                        help="answer BatchGetQueryExecution with HTTP 500")
+    parser.add_argument(
+        "--no-batch",
+        dest="batch",
+        action="store_false",
+        help="answer BatchGetQueryExecution with HTTP 500",
+    )
     parser.add_argument("--delay-ms", type=int, default=0, help="delay every Athena reply")
-    parser.add_argument("--max-running", type=int, default=None,
-                        help="throttle StartQueryExecution at this many active queries")
+    parser.add_argument(
+        "--max-running",
+        type=int,
+        default=None,
+        help="throttle StartQueryExecution at this many active queries",
+    )
     asyncio.run(_main(parser.parse_args(argv)))
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiobotocore.session
@@ -16,36 +20,46 @@ import pytest
 from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
-from athena_double import AthenaDouble
+from tests.athena_double import AthenaDouble
 
 OUTPUT = "s3://results-bucket/athenaq/"
 
 
 @pytest.fixture(scope="module")
-def double() -> Iterator[AthenaDouble]:
+def shared() -> Iterator[AthenaDouble]:
     with AthenaDouble() as served:
         yield served
 
 
-@pytest.fixture(autouse=True)
-def _fresh(double: AthenaDouble) -> None:
-    double.reset()
+@pytest.fixture
+def endpoint(shared: AthenaDouble) -> AthenaDouble:
+    """One double for the module (it starts in milliseconds, but why repeat it), reset
+    before each test."""
+    shared.reset()
+    return shared
 
 
 @asynccontextmanager
 async def athena(url: str) -> AsyncIterator[Any]:
     session = aiobotocore.session.get_session()
     async with session.create_client(
-        "athena", region_name="us-east-1", endpoint_url=url, aws_access_key_id="x",
-        aws_secret_access_key="x", config=AioConfig(retries={"total_max_attempts": 1}),
+        "athena",
+        region_name="us-east-1",
+        endpoint_url=url,
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=AioConfig(retries={"total_max_attempts": 1}),
     ) as client:
         yield client
 
 
 async def start(client: Any, sql: str, **extra: Any) -> str:
     reply = await client.start_query_execution(
-        QueryString=sql, QueryExecutionContext={"Database": "db"},
-        ResultConfiguration={"OutputLocation": OUTPUT}, **extra)
+        QueryString=sql,
+        QueryExecutionContext={"Database": "db"},
+        ResultConfiguration={"OutputLocation": OUTPUT},
+        **extra,
+    )
     return str(reply["QueryExecutionId"])
 
 
@@ -54,26 +68,35 @@ async def status(client: Any, qid: str) -> dict[str, Any]:
     return dict(reply["QueryExecution"]["Status"])
 
 
-async def wait_for_state(client: Any, qid: str, *states: str, timeout: float = 3.0) -> str:
-    """Poll until the query is in one of `states`; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = str((await status(client, qid))["State"])
-        if state in states:
-            return state
-        assert time.monotonic() < deadline, f"{qid} still {state}, wanted {states}"
-        await asyncio.sleep(0.01)
+async def wait_for_state(client: Any, qid: str, *states: str) -> str:
+    """Poll until the query is in one of `states`; TimeoutError after 3 s."""
+    async with asyncio.timeout(3):
+        while True:
+            state = str((await status(client, qid))["State"])
+            if state in states:
+                return state
+            await asyncio.sleep(0.01)
 
 
 def control(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the control API (a POST when there is a body); return the JSON of a 2xx reply."""
     data = None if body is None else json.dumps(body).encode()
     with urllib.request.urlopen(urllib.request.Request(url + path, data=data)) as reply:
         return json.loads(reply.read())
 
 
-async def test_scripted_timeline(double: AthenaDouble) -> None:
+def control_status(url: str, path: str, body: dict[str, Any]) -> int:
+    try:
+        with urllib.request.urlopen(url + path, data=json.dumps(body).encode()) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as err:
+        with err:  # an unclosed error response leaks its socket
+            return err.code
+
+
+async def test_scripted_timeline(endpoint: AthenaDouble) -> None:
     sql = 'SELECT 1 -- double: {"queue_ms": 150, "run_ms": 150, "scanned_bytes": 77}'
-    async with athena(double.url) as client:
+    async with athena(endpoint.url) as client:
         qid = await start(client, sql, WorkGroup="wg1")
         assert (await status(client, qid))["State"] == "QUEUED"
         assert await wait_for_state(client, qid, "RUNNING", "SUCCEEDED") == "RUNNING"
@@ -90,12 +113,12 @@ async def test_scripted_timeline(double: AthenaDouble) -> None:
     assert "AthenaError" not in st
 
 
-async def test_paging_generated_rows(double: AthenaDouble) -> None:
-    async with athena(double.url) as client:
+async def test_paging_generated_rows(endpoint: AthenaDouble) -> None:
+    async with athena(endpoint.url) as client:
         qid = await start(client, 'SELECT * FROM t -- double: {"generate": 2500}')
         pages, token = [], None
         while True:
-            args = {"NextToken": token} if token else {}
+            args: dict[str, str] = {"NextToken": token} if token else {}
             page = await client.get_query_results(QueryExecutionId=qid, MaxResults=1000, **args)
             pages.append(page["ResultSet"]["Rows"])
             token = page.get("NextToken")
@@ -108,31 +131,38 @@ async def test_paging_generated_rows(double: AthenaDouble) -> None:
     assert len(rows) == 2500
     assert rows[0] == [{"VarCharValue": "0"}, {"VarCharValue": "row 0"}, {}]  # NULL
     assert rows[1][2] == {"VarCharValue": ""}  # empty string, not NULL
-    assert rows[2499] == [{"VarCharValue": "2499"}, {"VarCharValue": "row 2499"},
-                          {"VarCharValue": ""}]
+    assert rows[2] == [{"VarCharValue": "2"}, {"VarCharValue": "row 2"}, {"VarCharValue": "x"}]
+    assert rows[2499] == [{"VarCharValue": "2499"}, {"VarCharValue": "row 2499"}, {}]
     assert [(c["Name"], c["Type"]) for c in columns] == [
-        ("n", "integer"), ("label", "varchar"), ("maybe", "varchar")]
+        ("n", "integer"),
+        ("label", "varchar"),
+        ("maybe", "varchar"),
+    ]
 
 
-async def test_explicit_result_and_not_finished(double: AthenaDouble) -> None:
-    script = {"columns": [["id", "bigint"], ["name", "varchar"]],
-              "rows": [[1, "a"], [None, "b"]], "run_ms": 5000}
-    async with athena(double.url) as client:
+async def test_explicit_result_and_not_finished(endpoint: AthenaDouble) -> None:
+    script = {
+        "columns": [["id", "bigint"], ["name", "varchar"]],
+        "rows": [[1, "a"], [None, "b"]],
+        "run_ms": 5000,
+    }
+    async with athena(endpoint.url) as client:
         qid = await start(client, f"SELECT 2\n-- double: {json.dumps(script)}\n")
         with pytest.raises(ClientError) as err:
             await client.get_query_results(QueryExecutionId=qid)
-        double.release(qid)
+        endpoint.release(qid)
         rows = (await client.get_query_results(QueryExecutionId=qid))["ResultSet"]["Rows"]
     assert err.value.response["Error"]["Code"] == "InvalidRequestException"
     assert "Current state: RUNNING" in err.value.response["Error"]["Message"]
     assert [r["Data"] for r in rows] == [
         [{"VarCharValue": "id"}, {"VarCharValue": "name"}],
         [{"VarCharValue": "1"}, {"VarCharValue": "a"}],
-        [{}, {"VarCharValue": "b"}]]
+        [{}, {"VarCharValue": "b"}],
+    ]
 
 
-async def test_batch_get_and_list(double: AthenaDouble) -> None:
-    async with athena(double.url) as client:
+async def test_batch_get_and_list(endpoint: AthenaDouble) -> None:
+    async with athena(endpoint.url) as client:
         ids = [await start(client, f"SELECT {i}") for i in range(3)]
         reply = await client.batch_get_query_execution(QueryExecutionIds=[*ids, "nope"])
         listed = await client.list_query_executions(MaxResults=2)
@@ -158,8 +188,8 @@ async def test_batch_disabled_answers_500() -> None:
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
 
 
-async def test_stop_held_and_finished(double: AthenaDouble) -> None:
-    async with athena(double.url) as client:
+async def test_stop_held_and_finished(endpoint: AthenaDouble) -> None:
+    async with athena(endpoint.url) as client:
         held = await start(client, 'SELECT 1 -- double: {"hold": true}')
         done = await start(client, "SELECT 1")
         assert await wait_for_state(client, done, "SUCCEEDED") == "SUCCEEDED"
@@ -168,26 +198,30 @@ async def test_stop_held_and_finished(double: AthenaDouble) -> None:
         await client.stop_query_execution(QueryExecutionId=done)
         assert (await status(client, held))["State"] == "CANCELLED"
         assert (await status(client, done))["State"] == "SUCCEEDED"
-    assert double.execution(held)["stop_calls"] == 1
-    assert double.execution(done) == {"state": "SUCCEEDED", "stop_calls": 1, "sql": "SELECT 1"}
+    assert endpoint.execution(held)["stop_calls"] == 1
+    assert endpoint.execution(done) == {"state": "SUCCEEDED", "stop_calls": 1, "sql": "SELECT 1"}
 
 
-async def test_fail_directive(double: AthenaDouble) -> None:
-    async with athena(double.url) as client:
+async def test_fail_directive(endpoint: AthenaDouble) -> None:
+    async with athena(endpoint.url) as client:
         qid = await start(client, 'SELECT x -- double: {"run_ms": 30, "fail": "COLUMN_NOT_FOUND"}')
         await wait_for_state(client, qid, "FAILED")
         st = await status(client, qid)
         with pytest.raises(ClientError) as err:
             await client.get_query_results(QueryExecutionId=qid)
     assert st["StateChangeReason"] == "COLUMN_NOT_FOUND"
-    assert st["AthenaError"] == {"ErrorCategory": 2, "ErrorType": 1001, "Retryable": False,
-                                 "ErrorMessage": "COLUMN_NOT_FOUND"}
+    assert st["AthenaError"] == {
+        "ErrorCategory": 2,
+        "ErrorType": 1001,
+        "Retryable": False,
+        "ErrorMessage": "COLUMN_NOT_FOUND",
+    }
     assert err.value.response["Error"]["Code"] == "InvalidRequestException"
 
 
-async def test_start_errors(double: AthenaDouble) -> None:
+async def test_start_errors(endpoint: AthenaDouble) -> None:
     sql = 'SELECT 1 -- double: {"start_throttle": 2}'
-    async with athena(double.url) as client:
+    async with athena(endpoint.url) as client:
         for _ in range(2):
             with pytest.raises(ClientError) as err:
                 await start(client, sql)
@@ -196,9 +230,11 @@ async def test_start_errors(double: AthenaDouble) -> None:
         assert await start(client, sql)  # the third call goes through
         with pytest.raises(ClientError) as bad:
             await start(client, 'SELEC -- double: {"start_invalid": "line 1:1: mismatched"}')
-    assert bad.value.response["Error"] == {"Code": "InvalidRequestException",
-                                           "Message": "line 1:1: mismatched"}
-    assert double.calls()["StartQueryExecution"] == 4
+    assert bad.value.response["Error"] == {
+        "Code": "InvalidRequestException",
+        "Message": "line 1:1: mismatched",
+    }
+    assert endpoint.calls()["StartQueryExecution"] == 4
 
 
 async def test_max_running_throttles() -> None:
@@ -212,9 +248,9 @@ async def test_max_running_throttles() -> None:
     assert err.value.response["Error"]["Code"] == "TooManyRequestsException"
 
 
-async def test_client_request_token_is_idempotent(double: AthenaDouble) -> None:
+async def test_client_request_token_is_idempotent(endpoint: AthenaDouble) -> None:
     token = "t" * 40
-    async with athena(double.url) as client:
+    async with athena(endpoint.url) as client:
         first = await start(client, "SELECT 1", ClientRequestToken=token)
         again = await start(client, "SELECT 1", ClientRequestToken=token)
         other = await start(client, "SELECT 1")  # botocore fills in a fresh token
@@ -223,24 +259,24 @@ async def test_client_request_token_is_idempotent(double: AthenaDouble) -> None:
     assert sorted(listed) == sorted([first, other])
 
 
-async def test_control_api_release_and_calls(double: AthenaDouble) -> None:
-    url = double.url
+async def test_control_api_release_and_calls(endpoint: AthenaDouble) -> None:
+    url = endpoint.url
     async with athena(url) as client:
         held = await start(client, 'SELECT 1 -- double: {"queue_ms": 20, "hold": true}')
         failed = await start(client, 'SELECT 2 -- double: {"hold": true}')
         await wait_for_state(client, held, "RUNNING")
         assert control(url, "/_double/release", {"id": held}) == {"state": "SUCCEEDED"}
-        assert control(url, "/_double/release", {"id": failed, "state": "FAILED",
-                                                 "reason": "boom"}) == {"state": "FAILED"}
+        assert control(
+            url, "/_double/release", {"id": failed, "state": "FAILED", "reason": "boom"}
+        ) == {"state": "FAILED"}
         assert (await status(client, held))["State"] == "SUCCEEDED"
         st = await status(client, failed)
     assert st["StateChangeReason"] == "boom" and st["AthenaError"]["ErrorMessage"] == "boom"
     assert control(url, f"/_double/executions/{held}")["state"] == "SUCCEEDED"
     calls = control(url, "/_double/calls")
     assert calls["StartQueryExecution"] == 2 and calls["GetQueryExecution"] >= 3
-    with pytest.raises(urllib.error.HTTPError) as missing:
-        control(url, "/_double/release", {"id": "nope"})
-    assert missing.value.code == 404
+    assert control_status(url, "/_double/release", {"id": "nope"}) == 404
+    assert control_status(url, "/_double/release", {"id": held, "state": "X"}) == 400
     control(url, "/_double/reset", {})
     assert control(url, "/_double/calls") == {}
 
@@ -251,7 +287,26 @@ async def test_results_delay_and_endpoint_delay() -> None:
             qid = await start(client, 'SELECT 1 -- double: {"results_delay_ms": 100}')
             began = time.monotonic()
             # Concurrent calls overlap: the delay must not block the double's loop.
-            await asyncio.gather(*(client.get_query_results(QueryExecutionId=qid)
-                                   for _ in range(4)))
+            await asyncio.gather(
+                *(client.get_query_results(QueryExecutionId=qid) for _ in range(4))
+            )
             elapsed = time.monotonic() - began
     assert 0.15 <= elapsed < 0.5
+
+
+def test_runs_as_a_program() -> None:
+    script = Path(__file__).with_name("athena_double.py")
+    with subprocess.Popen(
+        [sys.executable, str(script), "--port", "0", "--no-batch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as program:
+        try:
+            assert program.stdout is not None
+            line = program.stdout.readline()
+            assert line.startswith("listening on http://127.0.0.1:")
+            assert control(line.split()[-1], "/_double/calls") == {}
+        finally:
+            program.send_signal(signal.SIGTERM)
+        assert program.wait(5) == 0

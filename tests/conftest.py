@@ -1,0 +1,214 @@
+"""Fixtures that build upward: database -> Athena endpoint -> config -> running service -> fetch.
+
+The database under test is the real MariaDB/MySQL named by ATHENAQ_TEST_DB_URL
+(default: root on 127.0.0.1:3306); each test gets a database of its own, made
+and dropped here. A server that cannot be reached fails the run, never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncmy
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+from athenaq.app import Service
+from athenaq.config import Config, parse_config
+from athenaq.logs import setup_logging
+from athenaq.store import Store
+from tests.athena_double import AthenaDouble
+
+DEFAULT_DB_URL = "mysql://root:@127.0.0.1:3306/athenaq_test"
+POLL_SECONDS = 0.02
+
+# The service's clients take credentials from the standard chain; any will do here.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+async def wait_for(
+    condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
+) -> Any:
+    """Poll `condition` (plain or async) until it gives something truthy; fail after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+def _admin_params(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": parts.username or "root",
+        "password": parts.password or "",
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def json_logs() -> None:
+    """The service's own log format, also in the output of failed tests."""
+    setup_logging(level="DEBUG")
+
+
+@pytest.fixture
+async def db_url() -> AsyncIterator[str]:
+    """A fresh, empty database on the test server, dropped after the test."""
+    base = os.environ.get("ATHENAQ_TEST_DB_URL", DEFAULT_DB_URL)
+    parts = urlsplit(base)
+    name = f"{parts.path.strip('/') or 'athenaq_test'}_{secrets.token_hex(4)}"
+    try:
+        admin = await asyncmy.connect(**_admin_params(base), connect_timeout=5)
+    except Exception as exc:
+        pytest.fail(f"the test database server at {parts.hostname}:{parts.port} answers no: {exc}")
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute(f"CREATE DATABASE `{name}`")
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+        async with admin.cursor() as cur:
+            await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        await admin.ensure_closed()
+
+
+@pytest.fixture
+def double() -> Iterator[AthenaDouble]:
+    """The project's own Athena-compatible endpoint, scripted by the SQL it receives."""
+    with AthenaDouble() as endpoint:
+        yield endpoint
+
+
+def make_config(db_url: str, endpoint_url: str, results_dir: Path, **poller: Any) -> Config:
+    return parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "database": {"url": db_url},
+            "athena": {
+                "region": "us-east-1",
+                "database": "default",
+                "workgroup": "primary",
+                "output_location": "s3://athenaq-test/results/",
+                "endpoint_url": endpoint_url,
+            },
+            "s3": {"endpoint_url": endpoint_url},
+            "results": {"dir": str(results_dir)},
+            "poller": {"interval_seconds": 0.05, **poller},
+        }
+    )
+
+
+@pytest.fixture
+def config(db_url: str, double: AthenaDouble, tmp_path: Path) -> Config:
+    return make_config(db_url, double.url, tmp_path / "results")
+
+
+class Client:
+    """HTTP to a running service; every answer's body decoded as JSON."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = AsyncHTTPClient()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> HTTPResponse:
+        if body is not None:
+            raw = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        if raw is None and method == "POST":
+            raw = b""
+        return await self.http.fetch(
+            self.base_url + path,
+            method=method,
+            body=raw,
+            headers=headers,
+            raise_error=False,
+            request_timeout=30,
+            allow_nonstandard_methods=True,
+        )
+
+    async def submit(self, sql: str) -> str:
+        response = await self.request("POST", "/query", {"query": sql})
+        assert response.code == 202, response.body
+        query_id: str = json.loads(response.body)["id"]
+        return query_id
+
+    async def status(self, query_id: str) -> dict[str, Any]:
+        response = await self.request("GET", f"/query/{query_id}/status")
+        assert response.code == 200, response.body
+        status: dict[str, Any] = json.loads(response.body)
+        return status
+
+    async def wait_state(
+        self, query_id: str, *states: str, timeout: float = 20.0
+    ) -> dict[str, Any]:
+        async def reached() -> dict[str, Any] | None:
+            status = await self.status(query_id)
+            return status if status["state"] in states else None
+
+        result: dict[str, Any] = await wait_for(reached, timeout, f"{query_id} in {states}")
+        return result
+
+
+def body(response: HTTPResponse) -> Any:
+    return json.loads(response.body)
+
+
+@pytest.fixture
+async def start_service() -> AsyncIterator[Callable[[Config], Awaitable[Service]]]:
+    """Start services on free ports; every one still running is stopped after the test."""
+    running: list[Service] = []
+
+    async def start(config: Config) -> Service:
+        service = Service(replace(config))
+        await service.start()
+        running.append(service)
+        return service
+
+    yield start
+    for service in running:
+        await service.stop()
+
+
+@pytest.fixture
+async def service(config: Config, start_service: Callable[[Config], Awaitable[Service]]) -> Service:
+    return await start_service(config)
+
+
+@pytest.fixture
+def client(service: Service) -> Client:
+    return Client(service.url)
+
+
+@pytest.fixture
+async def store(db_url: str, service: Service) -> AsyncIterator[Store]:
+    """A second connection to the service's database, for reading the history."""
+    opened = await Store.connect(db_url, maxsize=2)
+    yield opened
+    await opened.close()

@@ -1,0 +1,92 @@
+"""The poller: it asks Athena about every running query, in batches where it can, and
+one query's download never holds up the others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from athenaq.app import Service
+from athenaq.config import Config
+from tests.athena_double import AthenaDouble
+from tests.conftest import Client, body, make_config, wait_for
+
+HELD = 'SELECT {n}\n-- double: {{"hold": true}}'
+
+
+async def test_the_backend_polls_athena_for_running_queries(
+    client: Client, double: AthenaDouble
+) -> None:
+    ids = [await client.submit(HELD.format(n=n)) for n in range(3)]
+    statuses = [await client.wait_state(i, "RUNNING") for i in ids]
+    before = double.calls().get("BatchGetQueryExecution", 0)
+    await wait_for(
+        lambda: double.calls().get("BatchGetQueryExecution", 0) >= before + 3,
+        what="three more status polls",
+    )
+    assert double.calls().get("GetQueryExecution", 0) == 0  # batched, not one call per query
+    double.release(statuses[1]["athena_query_execution_id"])
+    await client.wait_state(ids[1], "SUCCEEDED")
+    assert (await client.status(ids[0]))["state"] == "RUNNING"
+
+
+async def test_without_batch_support_it_asks_per_query(
+    db_url: str, tmp_path: Path, start_service: Callable[[Config], Awaitable[Service]]
+) -> None:
+    with AthenaDouble(batch=False) as endpoint:
+        service = await start_service(make_config(db_url, endpoint.url, tmp_path))
+        client = Client(service.url)
+        ids = [await client.submit(f'SELECT {n}\n-- double: {{"run_ms": 200}}') for n in range(3)]
+        for query_id in ids:
+            await client.wait_state(query_id, "SUCCEEDED")
+        calls = endpoint.calls()
+        assert calls["GetQueryExecution"] >= 3
+        # The failed batch call is not repeated at every tick.
+        assert calls.get("BatchGetQueryExecution", 0) == 1
+
+
+async def test_more_than_fifty_queries_run_at_once(client: Client, double: AthenaDouble) -> None:
+    ids = await asyncio.gather(*(client.submit(HELD.format(n=n)) for n in range(60)))
+
+    async def all_running() -> list[dict] | None:
+        statuses = [await client.status(i) for i in ids]
+        return statuses if all(s["state"] == "RUNNING" for s in statuses) else None
+
+    statuses = await wait_for(all_running, timeout=60, what="60 queries RUNNING together")
+    for status in statuses:
+        double.release(status["athena_query_execution_id"])
+    for query_id in ids:
+        await client.wait_state(query_id, "SUCCEEDED", timeout=60)
+    assert double.calls().get("GetQueryExecution", 0) == 0
+
+
+async def test_a_slow_download_does_not_delay_other_queries(client: Client) -> None:
+    slow = await client.submit('SELECT 1\n-- double: {"results_delay_ms": 4000}')
+    await client.wait_state(slow, "RUNNING")
+    fast = await client.submit("SELECT 2")
+    await client.wait_state(fast, "SUCCEEDED", timeout=3)
+    assert (await client.status(slow))["state"] == "RUNNING"
+    await client.wait_state(slow, "SUCCEEDED", timeout=20)
+
+
+async def test_throttled_starts_stay_queued_until_athena_has_room(
+    db_url: str, tmp_path: Path, start_service: Callable[[Config], Awaitable[Service]]
+) -> None:
+    with AthenaDouble(max_running=2) as endpoint:
+        service = await start_service(make_config(db_url, endpoint.url, tmp_path))
+        client = Client(service.url)
+        ids = [await client.submit(HELD.format(n=n)) for n in range(3)]
+        running = [await client.wait_state(i, "RUNNING") for i in ids[:2]]
+        await wait_for(
+            lambda: endpoint.calls().get("StartQueryExecution", 0) >= 4,
+            what="a throttled start",
+        )
+        waiting = await client.status(ids[2])
+        assert waiting["state"] == "QUEUED"
+        assert waiting["athena_query_execution_id"] is None
+        response = await client.request("POST", f"/query/{ids[0]}/cancel")
+        assert body(response)["state"] == "CANCELLED"
+        endpoint.release(running[1]["athena_query_execution_id"])
+        status = await client.wait_state(ids[2], "RUNNING", timeout=30)
+        assert status["athena_query_execution_id"] is not None

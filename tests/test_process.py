@@ -1,0 +1,168 @@
+"""The program as an operator runs it: config errors, JSON logs, and shutdown on a signal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.athena_double import AthenaDouble
+from tests.conftest import Client, wait_for
+
+GOOD = {
+    "server": {"host": "127.0.0.1", "port": 8080},
+    "database": {"url": "mysql://root@127.0.0.1:3306/athenaq"},
+    "athena": {
+        "region": "us-east-1",
+        "database": "default",
+        "workgroup": "primary",
+        "output_location": "s3://bucket/prefix/",
+        "endpoint_url": None,
+    },
+    "s3": {"endpoint_url": None},
+    "results": {"dir": "results"},
+    "poller": {"interval_seconds": 1.0},
+}
+
+
+def _athenaq(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "athenaq", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    config = json.loads(json.dumps(GOOD))
+    *parents, key = path.split(".")
+    section = config
+    for parent in parents:
+        section = section[parent]
+    if value is _DELETE:
+        del section[key]
+    else:
+        section[key] = value
+    return config
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("document", "named"),
+    [
+        (_with("athena.region", _DELETE), "athena.region"),
+        (_with("server.port", "eighty"), "server.port"),
+        (_with("server.port", 70000), "server.port"),
+        (_with("poller.interval_seconds", -1), "poller.interval_seconds"),
+        (_with("database.url", "postgres://x"), "database.url"),
+        (_with("athena.output_location", "bucket/prefix"), "athena.output_location"),
+        (_with("athena.workgroup", "no spaces allowed"), "athena.workgroup"),
+        (_with("s3", _DELETE), "s3"),
+        (_with("results.colour", "blue"), "results.colour"),
+        ([1, 2], "config"),
+    ],
+)
+def test_a_bad_config_stops_the_start_with_one_line_naming_the_key(
+    tmp_path: Path, document: Any, named: str
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(document))
+    done = _athenaq("--config", str(path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert named in lines[0]
+
+
+def test_an_unreadable_or_non_json_config_stops_the_start(tmp_path: Path) -> None:
+    missing = _athenaq("--config", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2
+    assert "nope.json" in missing.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    done = _athenaq("--config", str(broken))
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_example_config_is_valid() -> None:
+    from athenaq.config import load_config
+
+    config = load_config(Path(__file__).parent.parent / "etc" / "config.json")
+    assert config.results.dir == "results"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_serves_logs_json_and_exits_zero_on_sigterm(
+    db_url: str, double: AthenaDouble, tmp_path: Path
+) -> None:
+    port = _free_port()
+    config = _with("server.port", port)
+    config["database"]["url"] = db_url
+    config["athena"]["endpoint_url"] = double.url
+    config["poller"]["interval_seconds"] = 0.05
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "athenaq", "--config", "config.json"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "secret-key-id", "AWS_SECRET_ACCESS_KEY": "s3cr3t"},
+    )
+    try:
+        client = Client(f"http://127.0.0.1:{port}")
+        http = AsyncHTTPClient()
+
+        async def healthy() -> bool:
+            try:
+                response = await http.fetch(client.base_url + "/health", raise_error=False)
+            except OSError:
+                return False
+            return response.code == 200
+
+        await wait_for(healthy, timeout=30, what="the server to answer")
+        query_id = await client.submit("SELECT 1")
+        await client.wait_state(query_id, "SUCCEEDED")
+        assert (tmp_path / "results").is_dir()  # relative to where the server started
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    for line in lines:
+        assert {"timestamp", "level", "file", "line", "message"} <= set(line), line
+        assert line["timestamp"].endswith("Z")
+    requests = [line for line in lines if line["message"] == "request"]
+    assert any(
+        r["method"] == "POST"
+        and r["path"] == "/query"
+        and r["status"] == 202
+        and "duration_ms" in r
+        for r in requests
+    )
+    changes = [line for line in lines if line["message"] == "state changed"]
+    assert {c["state"] for c in changes if c["query_id"] == query_id} >= {"QUEUED", "SUCCEEDED"}
+    assert any(c.get("athena_query_execution_id") for c in changes)
+    assert lines[-1]["message"] == "stopped"
+    assert "s3cr3t" not in stderr and "secret-key-id" not in stderr

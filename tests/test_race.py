@@ -1,0 +1,90 @@
+"""Cancel racing the poller's completion, across two server processes sharing one database.
+
+Whatever the interleaving, every query's history is a legal path of the state
+table, a completed query is never cancelled, and the cancel's answer agrees
+with where the query ends."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from athenaq.app import Service
+from athenaq.config import Config
+from athenaq.machine import LEGAL_MOVES, QueryState
+from athenaq.store import Store
+from tests.athena_double import AthenaDouble
+from tests.conftest import Client, body, make_config, wait_for
+
+ROUNDS = 200
+CONCURRENT = 25
+Q = QueryState
+
+
+def assert_legal_path(query_id: str, moves: list[tuple[Q | None, Q]]) -> None:
+    assert moves[0] == (None, Q.QUEUED), (query_id, moves)
+    for (_, reached), (source, target) in itertools.pairwise(moves):
+        assert source == reached, (query_id, moves)
+        assert (source, target) in LEGAL_MOVES, (query_id, moves)
+        assert (source, target) != (Q.SUCCEEDED, Q.CANCELLED), (query_id, moves)
+
+
+async def test_cancel_racing_completion_never_cancels_a_completed_query(
+    db_url: str,
+    double: AthenaDouble,
+    tmp_path: Path,
+    start_service: Callable[[Config], Awaitable[Service]],
+) -> None:
+    config = make_config(db_url, double.url, tmp_path / "results", interval_seconds=0.02)
+    services = [await start_service(config), await start_service(config)]
+    clients = [Client(s.url) for s in services]
+    store = await Store.connect(db_url)
+    outcomes: dict[str, int] = {}
+
+    async def one_round(n: int) -> None:
+        rng = random.Random(n)
+        submit_via, cancel_via = rng.choice(clients), rng.choice(clients)
+        sql = (
+            f"SELECT {n}\n-- double: "
+            f'{{"run_ms": {rng.randint(0, 300)}, "results_delay_ms": {rng.randint(0, 30)}}}'
+        )
+        query_id = await submit_via.submit(sql)
+        await asyncio.sleep(rng.uniform(0, 0.3))  # vary where in the query's life the cancel lands
+        response = await cancel_via.request("POST", f"/query/{query_id}/cancel")
+        final = await submit_via.wait_state(
+            query_id, "SUCCEEDED", "CANCELLED", "FAILED", timeout=30
+        )
+        key = f"{response.code} {final['state']}"
+        outcomes[key] = outcomes.get(key, 0) + 1
+        if response.code == 200:
+            assert final["state"] == "CANCELLED"
+        elif response.code == 409:
+            assert body(response)["error"]["code"] == "query_finished"
+            assert final["state"] == "SUCCEEDED"
+        else:
+            assert response.code == 202, response.body
+            assert final["state"] in ("CANCELLED", "SUCCEEDED")
+        history = await store.history(query_id)
+        assert_legal_path(query_id, [(h.from_state, h.to_state) for h in history])
+        if final["state"] == "SUCCEEDED":
+            results = await submit_via.request("GET", f"/query/{query_id}/results")
+            assert results.code == 200
+        else:
+            # A download that lost to the cancel leaves no file behind.
+            await wait_for(
+                lambda: not list(Path(config.results.dir).glob(f"{query_id}.*")),
+                what="no stray result file",
+            )
+
+    try:
+        for start in range(0, ROUNDS, CONCURRENT):
+            await asyncio.gather(*(one_round(n) for n in range(start, start + CONCURRENT)))
+    finally:
+        await store.close()
+    print("cancel/complete outcomes:", dict(sorted(outcomes.items())))
+    # The race is real only if both outcomes happened.
+    assert any(k.endswith("CANCELLED") for k in outcomes)
+    assert any(k.endswith("SUCCEEDED") for k in outcomes)

@@ -8,6 +8,7 @@ the same transition.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +59,8 @@ SCHEMA = (
     ) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
     """,
 )
+
+_DATABASE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 # Columns a transition or an update may set; anything else is a programming error.
 MUTABLE_COLUMNS = frozenset(
@@ -142,19 +145,30 @@ class Store:
 
     @classmethod
     async def connect(cls, url: str, *, maxsize: int = 10) -> Store:
-        """Open a pool for `mysql://user:password@host:port/database`."""
+        """Open a pool for `mysql://user:password@host:port/database`, creating the
+        database when the server does not have it yet."""
         parts = urlsplit(url)
+        server: dict[str, Any] = {
+            "host": parts.hostname or "127.0.0.1",
+            "port": parts.port or 3306,
+            "user": unquote(parts.username or "root"),
+            "password": unquote(parts.password or ""),
+            "charset": "utf8mb4",
+            "connect_timeout": 10,
+        }
+        database = unquote(parts.path.lstrip("/")) or "athenaq"
+        if not _DATABASE_NAME.match(database):
+            raise ValueError(f"database name {database!r} is not [A-Za-z0-9_]")
+        admin = await asyncmy.connect(**server)
+        try:
+            async with admin.cursor() as cur:
+                await cur.execute(
+                    f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4"
+                )
+        finally:
+            await admin.ensure_closed()
         pool = await asyncmy.create_pool(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            db=parts.path.lstrip("/") or "athenaq",
-            autocommit=True,
-            charset="utf8mb4",
-            minsize=1,
-            maxsize=maxsize,
-            connect_timeout=10,
+            **server, db=database, autocommit=True, minsize=1, maxsize=maxsize
         )
         return cls(pool)
 

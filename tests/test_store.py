@@ -70,3 +70,16 @@ async def test_two_stores_sharing_a_database_cannot_both_win(db_url: str) -> Non
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_missing_database_is_created(db_url: str) -> None:
+    fresh = db_url + "_fresh"
+    store = await Store.connect(fresh)
+    try:
+        await store.create_schema()
+        record = await store.create(str(uuid.uuid4()), "SELECT 1", "default", "primary", "new")
+        assert await store.get(record.id) == record
+    finally:
+        async with store._pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(f"DROP DATABASE `{fresh.rsplit('/', 1)[1]}`")
+        await store.close()

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
@@ -70,25 +70,29 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], None]:
 
 
 class _Section(Schema):
+    """A config section: unknown keys are errors; it loads into a frozen dataclass."""
+
+    loads_into: ClassVar[type]
+
     class Meta:
         unknown = RAISE
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Any:
+        return self.loads_into(**data)
 
 
 class ServerSchema(_Section):
     host = fields.String(required=True, validate=validate.Length(min=1))
     port = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=65535))
 
-    @post_load
-    def make(self, data: dict[str, Any], **_: Any) -> ServerConfig:
-        return ServerConfig(**data)
+    loads_into = ServerConfig
 
 
 class DatabaseSchema(_Section):
     url = fields.String(required=True, validate=_url(("mysql",)))
 
-    @post_load
-    def make(self, data: dict[str, Any], **_: Any) -> DatabaseConfig:
-        return DatabaseConfig(**data)
+    loads_into = DatabaseConfig
 
 
 class AthenaSchema(_Section):
@@ -98,33 +102,25 @@ class AthenaSchema(_Section):
     output_location = fields.String(required=True, validate=_url(("s3",)))
     endpoint_url = fields.String(required=True, allow_none=True, validate=_url(("http", "https")))
 
-    @post_load
-    def make(self, data: dict[str, Any], **_: Any) -> AthenaConfig:
-        return AthenaConfig(**data)
+    loads_into = AthenaConfig
 
 
 class S3Schema(_Section):
     endpoint_url = fields.String(required=True, allow_none=True, validate=_url(("http", "https")))
 
-    @post_load
-    def make(self, data: dict[str, Any], **_: Any) -> S3Config:
-        return S3Config(**data)
+    loads_into = S3Config
 
 
 class ResultsSchema(_Section):
     dir = fields.String(required=True, validate=validate.Length(min=1))
 
-    @post_load
-    def make(self, data: dict[str, Any], **_: Any) -> ResultsConfig:
-        return ResultsConfig(**data)
+    loads_into = ResultsConfig
 
 
 class PollerSchema(_Section):
     interval_seconds = fields.Float(required=True, validate=validate.Range(min=0.01, max=3600))
 
-    @post_load
-    def make(self, data: dict[str, Any], **_: Any) -> PollerConfig:
-        return PollerConfig(**data)
+    loads_into = PollerConfig
 
 
 class ConfigSchema(_Section):
@@ -135,9 +131,7 @@ class ConfigSchema(_Section):
     results = fields.Nested(ResultsSchema, required=True)
     poller = fields.Nested(PollerSchema, required=True)
 
-    @post_load
-    def make(self, data: dict[str, Any], **_: Any) -> Config:
-        return Config(**data)
+    loads_into = Config
 
 
 def _first_error(messages: Any, path: str = "") -> str:

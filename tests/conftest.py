@@ -181,12 +181,12 @@ def body(response: HTTPResponse) -> Any:
 
 
 @pytest.fixture
-async def start_service() -> AsyncIterator[Callable[[Config], Awaitable[Service]]]:
+async def start_service() -> AsyncIterator[Callable[..., Awaitable[Service]]]:
     """Start services on free ports; every one still running is stopped after the test."""
     running: list[Service] = []
 
-    async def start(config: Config) -> Service:
-        service = Service(replace(config))
+    async def start(config: Config, **options: Any) -> Service:
+        service = Service(replace(config), **options)
         await service.start()
         running.append(service)
         return service

@@ -338,3 +338,17 @@ async def test_health_is_open(client: Client) -> None:
     response = await client.request("GET", "/health")
     assert response.code == 200
     assert body(response) == {"status": "ok"}
+
+
+async def test_results_over_several_athena_pages_are_stored_whole(
+    client: Client, double: AthenaDouble
+) -> None:
+    query_id = await client.submit('SELECT n\n-- double: {"generate": 2500}')
+    await client.wait_state(query_id, "SUCCEEDED")
+    document = body(await client.request("GET", f"/query/{query_id}/results"))
+    assert document["row_count"] == 2500
+    assert document["columns"][0] == {"name": "n", "type": "integer"}
+    assert [row[0] for row in document["rows"]] == [str(i) for i in range(2500)]
+    assert document["rows"][3] == ["3", "row 3", None]
+    assert document["rows"][4] == ["4", "row 4", ""]
+    assert double.calls()["GetQueryResults"] == 3  # 1000-row pages, header in the first

@@ -111,8 +111,9 @@ def _free_port() -> int:
         return port
 
 
-async def test_serves_logs_json_and_exits_zero_on_sigterm(
-    db_url: str, double: AthenaDouble, tmp_path: Path
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+async def test_serves_logs_json_and_exits_zero_on_a_stop_signal(
+    db_url: str, double: AthenaDouble, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     port = _free_port()
     config = _with("server.port", port)
@@ -142,7 +143,7 @@ async def test_serves_logs_json_and_exits_zero_on_sigterm(
         query_id = await client.submit("SELECT 1")
         await client.wait_state(query_id, "SUCCEEDED")
         assert (tmp_path / "results").is_dir()  # relative to where the server started
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         _, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:

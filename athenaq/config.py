@@ -61,10 +61,16 @@ class Config:
     poller: PollerConfig
 
 
-def _url(schemes: tuple[str, ...]) -> Callable[[str], None]:
+EMBEDDED = "embedded"
+
+
+def _url(schemes: tuple[str, ...], *words: str) -> Callable[[str], None]:
     def check(value: str) -> None:
-        if urlsplit(value).scheme not in schemes:
-            raise ValidationError(f"must be a URL starting with {' or '.join(schemes)}://")
+        if value not in words and urlsplit(value).scheme not in schemes:
+            allowed = " or ".join(
+                [f"{scheme}://" for scheme in schemes] + [f'"{w}"' for w in words]
+            )
+            raise ValidationError(f"must be {allowed}")
 
     return check
 
@@ -90,7 +96,7 @@ class ServerSchema(_Section):
 
 
 class DatabaseSchema(_Section):
-    url = fields.String(required=True, validate=_url(("mysql",)))
+    url = fields.String(required=True, validate=_url(("mysql", "sqlite")))
 
     loads_into = DatabaseConfig
 
@@ -100,7 +106,10 @@ class AthenaSchema(_Section):
     database = fields.String(required=True, validate=validate.Length(min=1))
     workgroup = fields.String(required=True, validate=validate.Regexp(r"^[a-zA-Z0-9._-]{1,128}$"))
     output_location = fields.String(required=True, validate=_url(("s3",)))
-    endpoint_url = fields.String(required=True, allow_none=True, validate=_url(("http", "https")))
+    # "embedded": the service runs the local engine (athenaq-local) in its own process.
+    endpoint_url = fields.String(
+        required=True, allow_none=True, validate=_url(("http", "https"), EMBEDDED)
+    )
 
     loads_into = AthenaConfig
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from tornado.netutil import bind_sockets
 
 from athenaq.athena import Athena
 from athenaq.auth import AllowEveryone, Authorizer
-from athenaq.config import Config
+from athenaq.config import EMBEDDED, Config
 from athenaq.handlers import health, queries
 from athenaq.handlers.base import Context, NotFoundHandler
 from athenaq.logs import log_request
@@ -23,6 +24,8 @@ from athenaq.poller import Poller
 from athenaq.results import ResultFiles
 from athenaq.store import Store
 
+# Where the embedded local engine keeps the result objects Athena would put in S3.
+LOCAL_ENGINE_DIR = "_local_engine"
 # How long a shutdown waits for requests in flight before closing their connections.
 DRAIN_SECONDS = 10.0
 
@@ -65,8 +68,8 @@ class Service:
             store = await Store.connect(config.database.url)
             self._stack.push_async_callback(store.close)
             await store.create_schema()
-            athena = await self._stack.enter_async_context(Athena.open(config.athena))
             results = ResultFiles(config.results.dir)
+            athena = await self._stack.enter_async_context(await self._open_athena(results))
             await asyncio.to_thread(results.prepare)
             self.machine = Machine(
                 store,
@@ -88,6 +91,29 @@ class Service:
             await self._stack.aclose()
             raise
         logger.info("listening", url=self.url, results_dir=str(results.directory))
+
+    async def _open_athena(
+        self, results: ResultFiles
+    ) -> contextlib.AbstractAsyncContextManager[Athena]:
+        """Athena's clients; in embedded mode first start the local engine in this process
+        and point them at it, the same calls as against AWS."""
+        athena_config = self.config.athena
+        if athena_config.endpoint_url != EMBEDDED:
+            return Athena.open(athena_config)
+        from athenaq.local import LocalEngine  # an optional extra: imported only when used
+
+        engine = LocalEngine(
+            results.directory / LOCAL_ENGINE_DIR,
+            default_output_location=athena_config.output_location,
+        )
+        endpoint_url = await engine.start()
+        self._stack.push_async_callback(engine.stop)
+        logger.info("local engine started", url=endpoint_url)
+        # The local engine asks for no credentials; any keep the client off the AWS chain.
+        return Athena.open(
+            dataclasses.replace(athena_config, endpoint_url=endpoint_url),
+            credentials={"aws_access_key_id": "local", "aws_secret_access_key": "local"},
+        )
 
     async def stop(self) -> None:
         """Stop polling and accepting, let work in flight finish, close the store and clients."""

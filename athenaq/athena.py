@@ -128,7 +128,10 @@ class Athena:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, config: AthenaConfig) -> AsyncIterator[Athena]:
+    async def open(
+        cls, config: AthenaConfig, credentials: dict[str, str] | None = None
+    ) -> AsyncIterator[Athena]:
+        """Clients for `config`; credentials come from the standard AWS chain unless given."""
         session = get_session()
         async with contextlib.AsyncExitStack() as stack:
             client, single_attempt_client = [
@@ -138,6 +141,7 @@ class Athena:
                         region_name=config.region,
                         endpoint_url=config.endpoint_url,
                         config=client_config,
+                        **(credentials or {}),
                     )
                 )
                 for client_config in (CLIENT_CONFIG, SINGLE_ATTEMPT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -12,14 +13,16 @@ from athenaq.store import Store
 from tests.athena_double import AthenaDouble
 from tests.conftest import Client, body
 
+# Each query is real SQL for the local engine and carries the script of the test double
+# in a comment, so the same test runs against either endpoint.
 FAST = (
-    "SELECT 1\n-- double: "
+    "SELECT * FROM (VALUES (1, NULL::VARCHAR), (2, '')) t(n, s) ORDER BY n\n-- double: "
     '{"columns": [["n","integer"],["s","varchar"]], "rows": [["1", null], ["2", ""]]}'
 )
-HELD = 'SELECT 2\n-- double: {"hold": true}'
+HELD = 'SELECT count(*) FROM range(20000000000)\n-- double: {"hold": true}'
 FAILING = (
-    "SELECT 3\n-- double: "
-    '{"fail": "TABLE_NOT_FOUND: line 1:15: Table awsdatacatalog.default.nope does not exist"}'
+    "SELECT * FROM no_such_table\n-- double: "
+    '{"fail": "TABLE_NOT_FOUND: Table no_such_table does not exist"}'
 )
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -134,14 +137,14 @@ async def test_body_over_one_mib_is_413(client: Client, store: Store) -> None:
 # -- GET /query/<id>/status -------------------------------------------------------------
 
 
-async def test_status_has_every_field(client: Client, double: AthenaDouble) -> None:
+async def test_status_has_every_field(client: Client) -> None:
     query_id = await client.submit(FAST)
     status = await client.wait_state(query_id, "SUCCEEDED")
     assert status["id"] == query_id
     assert status["state_reason"] is None
     assert status["database"] == "default"
     assert status["workgroup"] == "primary"
-    assert double.execution(status["athena_query_execution_id"])["state"] == "SUCCEEDED"
+    assert status["athena_query_execution_id"]
     for key in ("submitted_at", "completed_at", "results_at"):
         assert ISO_Z.match(status[key]), (key, status[key])
     assert set(status["statistics"]) == {
@@ -150,7 +153,7 @@ async def test_status_has_every_field(client: Client, double: AthenaDouble) -> N
         "queue_ms",
         "total_execution_ms",
     }
-    assert status["statistics"]["data_scanned_bytes"] == 1024
+    assert all(isinstance(v, int) and v >= 0 for v in status["statistics"].values())
 
 
 @pytest.mark.parametrize("action", ["status", "results", "refresh", "cancel"])
@@ -200,7 +203,7 @@ async def test_results_of_a_running_query_are_409_with_retry_after(client: Clien
     assert int(response.headers["Retry-After"]) >= 1
 
 
-async def test_results_of_a_queued_query_are_409(client: Client) -> None:
+async def test_results_of_a_queued_query_are_409(client: Client, double: AthenaDouble) -> None:
     query_id = await client.submit('SELECT 4\n-- double: {"queue_ms": 600000}')
     status = await client.wait_state(query_id, "QUEUED")
     assert status["state"] == "QUEUED"
@@ -219,13 +222,13 @@ async def test_results_of_a_cancelled_query_are_409(client: Client) -> None:
 async def test_failed_query_says_why(client: Client) -> None:
     query_id = await client.submit(FAILING)
     status = await client.wait_state(query_id, "FAILED")
-    assert "TABLE_NOT_FOUND" in status["state_reason"]
+    assert "no_such_table" in status["state_reason"]
     response = await client.request("GET", f"/query/{query_id}/results")
     document = assert_error(response, 409, "query_failed", state="FAILED")
-    assert "TABLE_NOT_FOUND" in document["error"]["message"]
+    assert "no_such_table" in document["error"]["message"]
 
 
-async def test_query_athena_refuses_at_start_fails(client: Client) -> None:
+async def test_query_athena_refuses_at_start_fails(client: Client, double: AthenaDouble) -> None:
     query_id = await client.submit(
         'SELEC 5\n-- double: {"start_invalid": "line 1:1: mismatched input"}'
     )
@@ -245,13 +248,11 @@ async def test_refresh_of_a_running_query_is_409(client: Client) -> None:
     assert (await client.status(query_id))["state"] == "RUNNING"
 
 
-async def test_refresh_removes_old_results_and_runs_again(
-    client: Client, double: AthenaDouble, config
-) -> None:
+async def test_refresh_removes_old_results_and_runs_again(client: Client, config) -> None:
     query_id = await client.submit(FAST)
     before = await client.wait_state(query_id, "SUCCEEDED")
     results_dir = config.results.dir
-    old_files = list((__import__("pathlib").Path(results_dir)).glob(f"{query_id}.*"))
+    old_files = list(Path(results_dir).glob(f"{query_id}.*"))
     assert len(old_files) == 1
     response = await client.request("POST", f"/query/{query_id}/refresh")
     assert response.code == 202
@@ -340,10 +341,12 @@ async def test_health_is_open(client: Client) -> None:
     assert body(response) == {"status": "ok"}
 
 
-async def test_results_over_several_athena_pages_are_stored_whole(
-    client: Client, double: AthenaDouble
-) -> None:
-    query_id = await client.submit('SELECT n\n-- double: {"generate": 2500}')
+async def test_results_over_several_athena_pages_are_stored_whole(client: Client) -> None:
+    query_id = await client.submit(
+        "SELECT i::INTEGER AS n, 'row ' || i AS label,"
+        " CASE i % 3 WHEN 0 THEN NULL WHEN 1 THEN '' ELSE 'x' END AS maybe"
+        ' FROM range(2500) t(i) ORDER BY i\n-- double: {"generate": 2500}'
+    )
     await client.wait_state(query_id, "SUCCEEDED")
     document = body(await client.request("GET", f"/query/{query_id}/results"))
     assert document["row_count"] == 2500
@@ -351,4 +354,3 @@ async def test_results_over_several_athena_pages_are_stored_whole(
     assert [row[0] for row in document["rows"]] == [str(i) for i in range(2500)]
     assert document["rows"][3] == ["3", "row 3", None]
     assert document["rows"][4] == ["4", "row 4", ""]
-    assert double.calls()["GetQueryResults"] == 3  # 1000-row pages, header in the first

@@ -12,8 +12,9 @@
 #   EXERCISE_SLOW_SQL  a query that stays RUNNING until it is cancelled
 #   EXERCISE_FAIL_SQL  a query that Athena fails
 #   EXERCISE_HEADER    optional extra request header, e.g. "Authorization: Bearer ..."
-# The SQL defaults script the project's test Athena endpoint through a
-# `-- double: {JSON}` line comment; against real Athena, set all three.
+# The SQL defaults run as real SQL on the local engine (athenaq-local, DuckDB) and
+# script the project's test Athena endpoint through a `-- double: {JSON}` line
+# comment; against real Athena, set all three.
 #
 # Exit status: 0 all checks passed, 1 a check failed, 2 a usage problem.
 
@@ -50,10 +51,12 @@ if [[ ! $TIMEOUT =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 
-printf -v DEFAULT_FAST_SQL '%s\n%s' "SELECT 1 AS n, NULL AS missing, '' AS empty" \
+printf -v DEFAULT_FAST_SQL '%s\n%s' "SELECT 1 AS n, CAST(NULL AS VARCHAR) AS missing, '' AS empty" \
     '-- double: {"columns": [["n","integer"],["missing","varchar"],["empty","varchar"]], "rows": [["1", null, ""]]}'
-printf -v DEFAULT_SLOW_SQL '%s\n%s' 'SELECT 2' '-- double: {"queue_ms": 300, "run_ms": 600000}'
-printf -v DEFAULT_FAIL_SQL '%s\n%s' 'SELECT 3' '-- double: {"fail": "exercise: table not found"}'
+printf -v DEFAULT_SLOW_SQL '%s\n%s' 'SELECT count(*) FROM range(20000000000)' \
+    '-- double: {"queue_ms": 300, "run_ms": 600000}'
+printf -v DEFAULT_FAIL_SQL '%s\n%s' 'SELECT * FROM athenaq_exercise_missing_table' \
+    '-- double: {"fail": "Table athenaq_exercise_missing_table does not exist"}'
 FAST_SQL=${EXERCISE_FAST_SQL:-$DEFAULT_FAST_SQL}
 SLOW_SQL=${EXERCISE_SLOW_SQL:-$DEFAULT_SLOW_SQL}
 FAIL_SQL=${EXERCISE_FAIL_SQL:-$DEFAULT_FAIL_SQL}
@@ -531,8 +534,8 @@ expect_status_object "$FAIL_ID" "$FAIL_SQL" FAILED
 expect_jq 'a non-empty "state_reason"' '.state_reason | type == "string" and length > 0'
 REASON=$(json .state_reason)
 if [[ -z ${EXERCISE_FAIL_SQL:-} ]]; then
-    expect_jq '"state_reason" containing the scripted "exercise: table not found"' \
-        '.state_reason | contains("exercise: table not found")'
+    expect_jq '"state_reason" naming the missing table' \
+        '.state_reason | contains("athenaq_exercise_missing_table")'
 fi
 pass "state_reason: $REASON"
 request GET "/query/$FAIL_ID/results"

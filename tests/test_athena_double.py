@@ -63,19 +63,22 @@ async def start(client: Any, sql: str, **extra: Any) -> str:
     return str(reply["QueryExecutionId"])
 
 
+POLL_SECONDS = 0.01
+
+
 async def status(client: Any, qid: str) -> dict[str, Any]:
     reply = await client.get_query_execution(QueryExecutionId=qid)
     return dict(reply["QueryExecution"]["Status"])
 
 
 async def wait_for_state(client: Any, qid: str, *states: str) -> str:
-    """Poll until the query is in one of `states`; TimeoutError after 3 s."""
-    async with asyncio.timeout(3):
+    """Poll until the query is in one of `states`; TimeoutError after 10 s."""
+    async with asyncio.timeout(10):
         while True:
             state = str((await status(client, qid))["State"])
             if state in states:
                 return state
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(POLL_SECONDS)
 
 
 def control(url: str, path: str, body: dict[str, Any] | None = None) -> Any:

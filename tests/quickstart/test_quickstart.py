@@ -1,0 +1,87 @@
+"""The README's quick start, as a newcomer runs it: a fresh virtualenv, `pip install` of
+the checkout, `athenaq --config etc/local.json` in an empty directory with no AWS
+credentials and no database server, then tools/exercise.sh against it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.conftest import wait_for
+from tests.test_process import _free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def venv(tmp_path: Path) -> Path:
+    """A fresh virtualenv with the checkout installed as the README says."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[local]"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    return venv
+
+
+async def test_the_readme_quick_start_runs_on_nothing_but_python(
+    venv: Path, tmp_path: Path
+) -> None:
+    newcomer = tmp_path / "newcomer"
+    (newcomer / "etc").mkdir(parents=True)
+    config = json.loads((ROOT / "etc" / "local.json").read_text())
+    port = _free_port()
+    config["server"]["port"] = port  # the README's 8080 may be taken on a shared machine
+    (newcomer / "etc" / "local.json").write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    server = subprocess.Popen(
+        [str(venv / "bin" / "athenaq"), "--config", "etc/local.json"],
+        cwd=newcomer,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        http = AsyncHTTPClient()
+
+        async def healthy() -> bool:
+            try:
+                return (await http.fetch(url + "/health", raise_error=False)).code == 200
+            except OSError:
+                return False
+
+        await wait_for(healthy, timeout=60, what="the quick-start server to answer")
+        exercise = await asyncio.create_subprocess_exec(
+            shutil.which("bash") or "bash",
+            str(ROOT / "tools" / "exercise.sh"),
+            url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(exercise.communicate(), timeout=300)
+        text = output.decode()
+        assert exercise.returncode == 0, text[-4000:]
+        assert "checks passed" in text.splitlines()[-1]
+        assert (newcomer / "athenaq.db").is_file()
+        assert (newcomer / "results").is_dir()
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=60)
+        assert server.returncode == 0, stderr[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()

@@ -19,7 +19,7 @@ FAST = (
     "SELECT * FROM (VALUES (1, NULL::VARCHAR), (2, '')) t(n, s) ORDER BY n\n-- double: "
     '{"columns": [["n","integer"],["s","varchar"]], "rows": [["1", null], ["2", ""]]}'
 )
-HELD = 'SELECT count(*) FROM range(20000000000)\n-- double: {"hold": true}'
+HELD = 'SELECT count(*) FROM range(20000000000000)\n-- double: {"hold": true}'
 FAILING = (
     "SELECT * FROM no_such_table\n-- double: "
     '{"fail": "TABLE_NOT_FOUND: Table no_such_table does not exist"}'

@@ -53,7 +53,7 @@ fi
 
 printf -v DEFAULT_FAST_SQL '%s\n%s' "SELECT 1 AS n, CAST(NULL AS VARCHAR) AS missing, '' AS empty" \
     '-- double: {"columns": [["n","integer"],["missing","varchar"],["empty","varchar"]], "rows": [["1", null, ""]]}'
-printf -v DEFAULT_SLOW_SQL '%s\n%s' 'SELECT count(*) FROM range(20000000000)' \
+printf -v DEFAULT_SLOW_SQL '%s\n%s' 'SELECT count(*) FROM range(20000000000000)' \
     '-- double: {"queue_ms": 300, "run_ms": 600000}'
 printf -v DEFAULT_FAIL_SQL '%s\n%s' 'SELECT * FROM athenaq_exercise_missing_table' \
     '-- double: {"fail": "Table athenaq_exercise_missing_table does not exist"}'

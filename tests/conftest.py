@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncmy
 import pytest
@@ -72,9 +72,13 @@ def json_logs() -> None:
 
 
 @pytest.fixture
-async def db_url() -> AsyncIterator[str]:
-    """A fresh, empty database on the test server, dropped after the test."""
+async def db_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database on the test server, dropped after the test; or, when
+    ATHENAQ_TEST_DB_URL starts with sqlite, a SQLite file (not made yet) under tmp_path."""
     base = os.environ.get("ATHENAQ_TEST_DB_URL", DEFAULT_DB_URL)
+    if base.startswith("sqlite"):
+        yield f"sqlite:///{quote(str(tmp_path / 'athenaq.db'))}"
+        return
     parts = urlsplit(base)
     name = f"{parts.path.strip('/') or 'athenaq_test'}_{secrets.token_hex(4)}"
     try:

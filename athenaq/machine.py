@@ -88,6 +88,8 @@ TRANSITIONS: Mapping[tuple[QueryState, Event], QueryState] = {
     (Q.FAILED, Event.REFRESH): Q.QUEUED,
     (Q.CANCELLED, Event.REFRESH): Q.QUEUED,
 }
+# Pauses (seconds) between the checks of a stop's confirmation before a cancel answers 202.
+STOP_CONFIRM_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4)
 # How often an operation re-reads and tries again when another process changed the query.
 RACE_RETRIES = 5
 LEGAL_MOVES = frozenset((source, target) for (source, _), target in TRANSITIONS.items())
@@ -300,10 +302,7 @@ class Machine:
             if not exc.is_client_error:
                 raise ServiceUnavailable("Athena did not take the stop; try again") from exc
             # Athena refused the stop: the execution is finished there; ask what it became.
-        try:
-            execution: Execution | None = await self.athena.get(execution_id)
-        except AthenaCallError:
-            execution = None
+        execution = await self._settled(execution_id)
         if execution is not None and execution.state in (Q.SUCCEEDED, Q.FAILED):
             raise QueryFinished(
                 query_id, execution.state, "it finished in Athena before the stop arrived"
@@ -325,6 +324,20 @@ class Machine:
             if cancelled is not None:
                 return cancelled, True
         raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
+
+    async def _settled(self, execution_id: str) -> Execution | None:
+        """Athena's view of a just-stopped execution, asked a few times over a short while:
+        Athena confirms a stop within moments, and a client would rather hear 200 than 202."""
+        execution = None
+        for delay in STOP_CONFIRM_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                execution = await self.athena.get(execution_id)
+            except AthenaCallError:
+                continue
+            if execution.state not in (Q.QUEUED, Q.RUNNING):
+                break
+        return execution
 
     def running_error(self, record: QueryRecord) -> QueryRunning:
         return QueryRunning(record.id, record.state.value, self.retry_after)

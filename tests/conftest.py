@@ -1,8 +1,13 @@
 """Fixtures that build upward: database -> Athena endpoint -> config -> running service -> fetch.
 
-The database under test is the real MariaDB/MySQL named by ATHENAQ_TEST_DB_URL
-(default: root on 127.0.0.1:3306); each test gets a database of its own, made
-and dropped here. A server that cannot be reached fails the run, never skips.
+The store under test is named by ATHENAQ_TEST_DB_URL: the real MariaDB/MySQL server
+(default: root on 127.0.0.1:3306), where each test gets a database of its own, made
+and dropped here, or `sqlite://`, a SQLite file per test. A server that cannot be
+reached fails the run, never skips.
+
+The service's Athena endpoint is named by ATHENAQ_TEST_ATHENA: `double` (default), the
+project's scripted endpoint, or `local`, the DuckDB engine of athenaq.local. A test that
+asks for the `double` fixture always gets the double: it scripts what DuckDB cannot.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from athenaq.app import Service
 from athenaq.config import Config, parse_config
+from athenaq.local import LocalEngine
 from athenaq.logs import setup_logging
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
@@ -122,8 +128,23 @@ def make_config(db_url: str, endpoint_url: str, results_dir: Path, **poller: Any
 
 
 @pytest.fixture
-def config(db_url: str, double: AthenaDouble, tmp_path: Path) -> Config:
-    return make_config(db_url, double.url, tmp_path / "results")
+async def athena_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of the Athena endpoint the service under test talks to."""
+    endpoint = os.environ.get("ATHENAQ_TEST_ATHENA", "double")
+    if endpoint not in ("double", "local"):
+        pytest.fail(f"ATHENAQ_TEST_ATHENA must be double or local, not {endpoint!r}")
+    if endpoint == "double" or "double" in request.fixturenames:
+        double: AthenaDouble = request.getfixturevalue("double")
+        yield double.url
+        return
+    engine = LocalEngine(tmp_path / "engine")
+    yield await engine.start()
+    await engine.stop()
+
+
+@pytest.fixture
+def config(db_url: str, athena_url: str, tmp_path: Path) -> Config:
+    return make_config(db_url, athena_url, tmp_path / "results")
 
 
 class Client:
@@ -168,6 +189,12 @@ class Client:
         assert response.code == 200, response.body
         status: dict[str, Any] = json.loads(response.body)
         return status
+
+    async def cancel(self, query_id: str) -> dict[str, Any]:
+        """Cancel, and wait for CANCELLED when Athena confirms the stop after a 202."""
+        response = await self.request("POST", f"/query/{query_id}/cancel")
+        assert response.code in (200, 202), response.body
+        return await self.wait_state(query_id, "CANCELLED")
 
     async def wait_state(
         self, query_id: str, *states: str, timeout: float = 20.0

@@ -214,7 +214,7 @@ async def test_results_of_a_queued_query_are_409(client: Client, double: AthenaD
 async def test_results_of_a_cancelled_query_are_409(client: Client) -> None:
     query_id = await client.submit(HELD)
     await client.wait_state(query_id, "RUNNING")
-    assert (await client.request("POST", f"/query/{query_id}/cancel")).code == 200
+    await client.cancel(query_id)
     response = await client.request("GET", f"/query/{query_id}/results")
     assert_error(response, 409, "query_cancelled", state="CANCELLED")
 
@@ -273,7 +273,7 @@ async def test_refresh_of_failed_and_cancelled_queries_is_allowed(client: Client
     await client.wait_state(failed, "FAILED")
     cancelled = await client.submit(HELD)
     await client.wait_state(cancelled, "RUNNING")
-    await client.request("POST", f"/query/{cancelled}/cancel")
+    await client.cancel(cancelled)
     response = await client.request("POST", f"/query/{cancelled}/refresh")
     assert body(response) == {"id": cancelled, "state": "QUEUED"}
     status = await client.wait_state(cancelled, "RUNNING")
@@ -326,7 +326,7 @@ async def test_cancel_not_yet_confirmed_answers_202_and_the_poller_finishes_it(
     client: Client, double: AthenaDouble
 ) -> None:
     # A query whose stop Athena takes a while to confirm: it stays RUNNING after the stop call.
-    query_id = await client.submit('SELECT 6\n-- double: {"hold": true, "stop_ms": 300}')
+    query_id = await client.submit('SELECT 6\n-- double: {"hold": true, "stop_ms": 3000}')
     await client.wait_state(query_id, "RUNNING")
     response = await client.request("POST", f"/query/{query_id}/cancel")
     assert response.code == 202

@@ -77,16 +77,24 @@ async def test_throttled_starts_stay_queued_until_athena_has_room(
         service = await start_service(make_config(db_url, endpoint.url, tmp_path))
         client = Client(service.url)
         ids = [await client.submit(HELD.format(n=n)) for n in range(3)]
-        running = [await client.wait_state(i, "RUNNING") for i in ids[:2]]
+
+        async def two_running() -> list[dict] | None:
+            # Which two get Athena's slots depends on how the starts interleave.
+            statuses = [await client.status(i) for i in ids]
+            return statuses if [s["state"] for s in statuses].count("RUNNING") == 2 else None
+
+        statuses = await wait_for(two_running, what="two queries RUNNING")
+        running = [s for s in statuses if s["state"] == "RUNNING"]
+        (waiting,) = [s for s in statuses if s["state"] != "RUNNING"]
         await wait_for(
             lambda: endpoint.calls().get("StartQueryExecution", 0) >= 4,
             what="a throttled start",
         )
-        waiting = await client.status(ids[2])
+        waiting = await client.status(waiting["id"])
         assert waiting["state"] == "QUEUED"
         assert waiting["athena_query_execution_id"] is None
-        response = await client.request("POST", f"/query/{ids[0]}/cancel")
+        response = await client.request("POST", f"/query/{running[0]['id']}/cancel")
         assert body(response)["state"] == "CANCELLED"
         endpoint.release(running[1]["athena_query_execution_id"])
-        status = await client.wait_state(ids[2], "RUNNING", timeout=30)
+        status = await client.wait_state(waiting["id"], "RUNNING", timeout=30)
         assert status["athena_query_execution_id"] is not None

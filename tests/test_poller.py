@@ -61,7 +61,9 @@ async def test_more_than_fifty_queries_run_at_once(client: Client, double: Athen
     assert double.calls().get("GetQueryExecution", 0) == 0
 
 
-async def test_a_slow_download_does_not_delay_other_queries(client: Client) -> None:
+async def test_a_slow_download_does_not_delay_other_queries(
+    client: Client, double: AthenaDouble
+) -> None:
     slow = await client.submit('SELECT 1\n-- double: {"results_delay_ms": 4000}')
     await client.wait_state(slow, "RUNNING")
     fast = await client.submit("SELECT 2")

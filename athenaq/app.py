@@ -15,7 +15,7 @@ from tornado.netutil import bind_sockets
 
 from athenaq.athena import Athena
 from athenaq.auth import AllowEveryone, Authorizer
-from athenaq.config import EMBEDDED, Config
+from athenaq.config import EMBEDDED, Config, S3Config
 from athenaq.handlers import health, queries
 from athenaq.handlers.base import Context, NotFoundHandler
 from athenaq.logs import log_request
@@ -95,11 +95,11 @@ class Service:
     async def _open_athena(
         self, results: ResultFiles
     ) -> contextlib.AbstractAsyncContextManager[Athena]:
-        """Athena's clients; in embedded mode first start the local engine in this process
-        and point them at it, the same calls as against AWS."""
+        """Athena's and S3's clients; in embedded mode first start the local engine in this
+        process and point both at it, the same calls as against AWS."""
         athena_config = self.config.athena
         if athena_config.endpoint_url != EMBEDDED:
-            return Athena.open(athena_config)
+            return Athena.open(athena_config, self.config.s3)
         from athenaq.local import LocalEngine  # an optional extra: imported only when used
 
         engine = LocalEngine(
@@ -112,6 +112,7 @@ class Service:
         # The local engine asks for no credentials; any keep the client off the AWS chain.
         return Athena.open(
             dataclasses.replace(athena_config, endpoint_url=endpoint_url),
+            S3Config(endpoint_url=endpoint_url),
             credentials={"aws_access_key_id": "local", "aws_secret_access_key": "local"},
         )
 

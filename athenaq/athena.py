@@ -1,12 +1,14 @@
-"""Every AWS call of the service: Athena through aiobotocore.
+"""Every AWS call of the service: Athena and S3 through aiobotocore.
 
-The same calls serve AWS and any Athena-compatible endpoint (`endpoint_url`).
-Errors come out as `AthenaCallError` with Athena's error code, so callers never
+The same calls serve AWS and any Athena- or S3-compatible endpoint (`endpoint_url`).
+Errors come out as `AthenaCallError` with Athena's error code, or as
+`ResultObjectUnreadable` when a result object in S3 cannot be used, so callers never
 import botocore.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from loguru import logger
 
-from athenaq.config import AthenaConfig
+from athenaq.config import AthenaConfig, S3Config
+from athenaq.csvformat import CsvParser, Row
 
 # botocore's default "legacy" mode does not retry TooManyRequestsException; standard does.
 CLIENT_CONFIG = AioConfig(
@@ -33,8 +37,19 @@ CLIENT_CONFIG = AioConfig(
 SINGLE_ATTEMPT = CLIENT_CONFIG.merge(
     AioConfig(retries={"mode": "standard", "total_max_attempts": 1})
 )
+# A result object that cannot be read is read through GetQueryResults, always available:
+# S3 gets one retry (a transient error or a SlowDown), so an S3 that is down or out of
+# reach delays the results by about a second, not by a full round of backoffs.
+S3_CLIENT_CONFIG = CLIENT_CONFIG.merge(
+    AioConfig(retries={"mode": "standard", "total_max_attempts": 2})
+)
 BATCH_LIMIT = 50
 PAGE_ROWS = 1000
+# Bytes asked of the S3 body per read: large enough that the hop to a worker thread per
+# chunk costs nothing next to parsing it, small enough to bound the memory of one read.
+S3_CHUNK_BYTES = 1024 * 1024
+# Rows per ResultPage read from S3: the writer's batches, of the order of the API's pages.
+S3_PAGE_ROWS = 5000
 THROTTLING_CODES = frozenset({"TooManyRequestsException", "ThrottlingException"})
 
 
@@ -58,6 +73,17 @@ class AthenaCallError(Exception):
         return self.status == 400 and not self.is_throttling
 
 
+class ResultObjectUnreadable(Exception):
+    """A query's result object in S3 cannot be used (denied, missing, no S3 there,
+    malformed, cut off): the caller reads the result through GetQueryResults instead."""
+
+    def __init__(self, location: str, code: str, message: str) -> None:
+        super().__init__(f"{location}: {code}: {message}")
+        self.location = location
+        self.code = code
+        self.message = message
+
+
 @dataclass(frozen=True)
 class Execution:
     """What Athena says of one query execution."""
@@ -71,6 +97,8 @@ class Execution:
     engine_execution_ms: int | None
     queue_ms: int | None
     total_execution_ms: int | None
+    # The result object's S3 URI, `<OutputLocation><QueryExecutionId>.csv` for a SELECT.
+    output_location: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +138,7 @@ def _execution(raw: dict[str, Any]) -> Execution:
         engine_execution_ms=stats.get("EngineExecutionTimeInMillis"),
         queue_ms=stats.get("QueryQueueTimeInMillis"),
         total_execution_ms=stats.get("TotalExecutionTimeInMillis"),
+        output_location=raw.get("ResultConfiguration", {}).get("OutputLocation"),
     )
 
 
@@ -119,19 +148,28 @@ def _cells(row: dict[str, Any]) -> list[str | None]:
 
 
 class Athena:
-    """The service's Athena client; one per process, opened and closed by `main`."""
+    """The service's Athena and S3 clients; one per process, opened and closed by `main`."""
 
-    def __init__(self, client: Any, single_attempt_client: Any, output_location: str) -> None:
+    def __init__(
+        self, client: Any, single_attempt_client: Any, s3_client: Any, output_location: str
+    ) -> None:
         self._client = client
         self._single_attempt_client = single_attempt_client
+        self._s3 = s3_client
         self._output_location = output_location
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, config: AthenaConfig, credentials: dict[str, str] | None = None
+        cls,
+        config: AthenaConfig,
+        s3_config: S3Config,
+        credentials: dict[str, str] | None = None,
     ) -> AsyncIterator[Athena]:
-        """Clients for `config`; credentials come from the standard AWS chain unless given."""
+        """Clients for `config`; credentials come from the standard AWS chain unless given.
+
+        The S3 client (result objects) shares the region and credentials; against an
+        S3-compatible endpoint it addresses buckets by path, as such endpoints expect."""
         session = get_session()
         async with contextlib.AsyncExitStack() as stack:
             client, single_attempt_client = [
@@ -146,7 +184,21 @@ class Athena:
                 )
                 for client_config in (CLIENT_CONFIG, SINGLE_ATTEMPT)
             ]
-            yield cls(client, single_attempt_client, config.output_location)
+            s3_client_config = S3_CLIENT_CONFIG
+            if s3_config.endpoint_url is not None:
+                s3_client_config = S3_CLIENT_CONFIG.merge(
+                    AioConfig(s3={"addressing_style": "path"})
+                )
+            s3_client = await stack.enter_async_context(
+                session.create_client(
+                    "s3",
+                    region_name=config.region,
+                    endpoint_url=s3_config.endpoint_url,
+                    config=s3_client_config,
+                    **(credentials or {}),
+                )
+            )
+            yield cls(client, single_attempt_client, s3_client, config.output_location)
 
     async def _call(
         self, operation: str, *, single_attempt: bool = False, **params: Any
@@ -233,3 +285,99 @@ class Athena:
             token = response.get("NextToken")
             if not token:
                 return
+
+    async def object_pages(self, execution: Execution) -> AsyncIterator[ResultPage]:
+        """The result read from its CSV object in S3, in the pages `result_pages` yields.
+
+        The CSV header holds names only, so the column types come from a one-row
+        GetQueryResults, whose names must match the header. Raises ResultObjectUnreadable
+        when the object cannot be used, before the first page or after some (an object
+        cut off is only seen at its end): the caller then starts over with
+        `result_pages`. Athena's own errors (the types call) come out as AthenaCallError."""
+        location = execution.output_location or ""
+        bucket, key = _object_address(location)
+        columns, labels = await self._result_columns(execution.execution_id)
+        body = await self._get_object(location, bucket, key)
+        parser = CsvParser()
+        header: Row | None = None
+        pending: list[Row] = []
+        first = True
+        async with body:
+            while True:
+                try:
+                    chunk: bytes = await body.read(S3_CHUNK_BYTES)
+                except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
+                    raise ResultObjectUnreadable(location, type(exc).__name__, str(exc)) from exc
+                try:
+                    # CsvParser is pure Python: 1 MiB of short fields takes 50 to 200 ms, far
+                    # too long to hold the event loop, so each chunk is parsed on a worker
+                    # thread. The loop gets the GIL back at every switch interval (5 ms)
+                    # meanwhile, and one thread hop per chunk costs nothing next to parsing
+                    # it; smaller chunks on the loop itself would still hold it ~10 ms each.
+                    # The parser resumes its search inside an unfinished field, so a 10 MB
+                    # cell costs each chunk its own bytes only.
+                    rows = (
+                        await asyncio.to_thread(_parse_chunk, parser, chunk, len(columns))
+                        if chunk
+                        else parser.close()
+                    )
+                except ValueError as exc:  # malformed CSV, invalid UTF-8, a short row
+                    raise ResultObjectUnreadable(location, "MalformedObject", str(exc)) from exc
+                if header is None and rows:
+                    header = rows.pop(0)
+                    if header not in ([c.name for c in columns], labels):
+                        raise ResultObjectUnreadable(
+                            location,
+                            "HeaderMismatch",
+                            f"the header {header} does not name the columns {labels}",
+                        )
+                if not chunk and header is None and columns:
+                    # Even a 0-row SELECT has a header row; only DDL writes nothing.
+                    raise ResultObjectUnreadable(location, "MalformedObject", "no header row")
+                pending.extend(rows)
+                # Full pages as they come; at the end the rest, and at least the columns.
+                while len(pending) >= S3_PAGE_ROWS or (not chunk and (pending or first)):
+                    page, pending = pending[:S3_PAGE_ROWS], pending[S3_PAGE_ROWS:]
+                    yield ResultPage(columns=columns if first else None, rows=page)
+                    first = False
+                if not chunk:
+                    return
+
+    async def _result_columns(self, execution_id: str) -> tuple[list[Column], list[str]]:
+        """The result's columns (name, type) and labels, from a one-row GetQueryResults."""
+        response = await self._call(
+            "get_query_results", QueryExecutionId=execution_id, MaxResults=1
+        )
+        info = response.get("ResultSet", {}).get("ResultSetMetadata", {}).get("ColumnInfo", [])
+        columns = [Column(name=c["Name"], type=c.get("Type", "varchar")) for c in info]
+        return columns, [c.get("Label", c["Name"]) for c in info]
+
+    async def _get_object(self, location: str, bucket: str, key: str) -> Any:
+        """The body of an S3 GetObject, to be read and closed by the caller."""
+        try:
+            response = await self._s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "Unknown")
+            raise ResultObjectUnreadable(location, code, error.get("Message", "")) from exc
+        except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
+            raise ResultObjectUnreadable(location, type(exc).__name__, str(exc)) from exc
+        return response["Body"]
+
+
+def _parse_chunk(parser: CsvParser, chunk: bytes, width: int) -> list[Row]:
+    """The rows `chunk` completes, each checked to have `width` fields (on a worker thread)."""
+    rows = parser.feed(chunk)
+    for row in rows:
+        if len(row) != width:
+            raise ValueError(f"a row of {len(row)} fields, not {width}")
+    return rows
+
+
+def _object_address(location: str) -> tuple[str, str]:
+    """Bucket and key of a CSV result object's `s3://bucket/key.csv` URI."""
+    bucket, _, key = location.removeprefix("s3://").partition("/")
+    if not location.startswith("s3://") or not bucket or not key.endswith(".csv"):
+        # DDL results are `.txt` in Athena, in another form: only GetQueryResults reads them.
+        raise ResultObjectUnreadable(location, "NotACsvResult", "no CSV result object")
+    return bucket, key

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from athenaq.athena import AthenaCallError
+from athenaq.athena import AthenaCallError, ResultObjectUnreadable
 from athenaq.clock import utcnow
 from athenaq.errors import (
     IllegalTransition,
@@ -34,7 +34,7 @@ from athenaq.errors import (
 
 if TYPE_CHECKING:
     from athenaq.athena import Athena, Execution
-    from athenaq.results import ResultFiles, StoredResult
+    from athenaq.results import ResultFiles, ResultReader
     from athenaq.store import QueryRecord, Store
 
 
@@ -111,6 +111,7 @@ _EXECUTION_COLUMNS: dict[str, Any] = {
     "completed_at": None,
     "results_at": None,
     "row_count": None,
+    "results_source": None,
     "data_scanned_bytes": None,
     "engine_execution_ms": None,
     "queue_ms": None,
@@ -221,8 +222,9 @@ class Machine:
             raise QueryNotFound(query_id)
         return record
 
-    async def read_results(self, query_id: str) -> tuple[QueryRecord, StoredResult]:
-        """A SUCCEEDED query's stored results; the state's error otherwise."""
+    async def read_results(self, query_id: str) -> tuple[QueryRecord, ResultReader]:
+        """A SUCCEEDED query's stored results, opened (the caller closes the reader);
+        the state's error otherwise."""
         record = await self.get(query_id)
         for _ in range(3):
             if record.state == Q.CANCELLED:
@@ -232,7 +234,7 @@ class Machine:
             if record.state != Q.SUCCEEDED or record.athena_execution_id is None:
                 raise self.running_error(record)
             try:
-                return record, await self.results.read(query_id, record.athena_execution_id)
+                return record, await self.results.open(query_id, record.athena_execution_id)
             except FileNotFoundError:
                 # Refreshed between reading the state and the file: the state now says why.
                 latest = await self.get(query_id)
@@ -439,12 +441,12 @@ class Machine:
     async def store_results(self, query_id: str, execution: Execution) -> None:
         """Download a SUCCEEDED execution's results, then (and only then) set SUCCEEDED.
 
-        The download holds no lock: cancels, refreshes and other queries go on meanwhile."""
+        The results come from the result object in S3 when it can be read, from
+        GetQueryResults otherwise; `results_source` records which. The download holds no
+        lock: cancels, refreshes and other queries go on meanwhile."""
         execution_id = execution.execution_id
         try:
-            row_count = await self.results.write(
-                query_id, execution_id, self.athena.result_pages(execution_id)
-            )
+            row_count, source = await self._write_results(query_id, execution)
         except (AthenaCallError, OSError) as exc:
             if isinstance(exc, AthenaCallError) and not exc.is_client_error:
                 raise  # throttled or unavailable: the next poll tries again
@@ -462,7 +464,12 @@ class Machine:
                         changes=_statistics(execution),
                     )
             return
-        changes = {**_statistics(execution), "results_at": utcnow(), "row_count": row_count}
+        changes = {
+            **_statistics(execution),
+            "results_at": utcnow(),
+            "row_count": row_count,
+            "results_source": source,
+        }
         async with self.lock(query_id):
             for _ in range(RACE_RETRIES):
                 current = await self.store.get(query_id)
@@ -486,6 +493,33 @@ class Machine:
             if not stored_elsewhere:
                 # Cancelled or refreshed while downloading: this file belongs to nobody.
                 await self.results.delete(query_id, execution_id)
+
+    async def _write_results(self, query_id: str, execution: Execution) -> tuple[int, str]:
+        """Write the execution's result file; returns the row count and the source used.
+
+        The S3 object is the fast way; when it cannot be used, even after some rows were
+        written (an object cut off shows only at its end), the write starts over from
+        GetQueryResults. A result file is renamed into place only once complete, so the
+        file served never mixes the two sources."""
+        execution_id = execution.execution_id
+        try:
+            rows = await self.results.write(
+                query_id, execution_id, self.athena.object_pages(execution)
+            )
+            return rows, "s3"
+        except ResultObjectUnreadable as exc:
+            logger.warning(
+                "result object unreadable; reading the results through GetQueryResults",
+                query_id=query_id,
+                athena_query_execution_id=execution_id,
+                location=exc.location,
+                error_code=exc.code,
+                error=exc.message,
+            )
+        rows = await self.results.write(
+            query_id, execution_id, self.athena.result_pages(execution_id)
+        )
+        return rows, "api"
 
     # -- background work --------------------------------------------------------------
 

@@ -1,106 +1,312 @@
 """Result files under the results folder: every path the service touches there.
 
-A result file is JSON lines: the first line `{"columns": [...]}`, then one JSON
-array per row. It is named after the query and the Athena execution that made
-it, written under a temporary name and renamed, so a reader sees a whole file
-or none, and a refreshed query never finds its old file under the new name.
-All file I/O runs on worker threads, never on the event loop.
+Each Athena execution of a query has one directory, `<query id>.<execution id>/`,
+holding three files:
+
+- `columns.json`: `{"columns": [{"name", "type"}, ...]}`;
+- `rows.csv`: the result in Athena's own CSV form (see athenaq/csvformat.py): a header
+  row of the column names, then one line per row, every value quoted, NULL an empty
+  unquoted field;
+- `rows.idx`: little-endian uint64 byte offsets into `rows.csv`, row i's at byte 8*i,
+  followed by one more offset, the end of the last row (the size of `rows.csv`). So it
+  holds row_count + 1 entries, and its first entry is also the length of the header row.
+
+A page of rows [a, b) is one read of the index (entries a..b) and one read of the
+bytes between them, whatever a is; a CSV download is a byte copy of `rows.csv`, the
+download most clients want and the largest (JSON lines are converted on the way). The
+directory is written under a temporary name and renamed in one
+step, so a reader sees a whole result or none, a crash leaves only a temporary
+directory (which `prepare` removes), and a refreshed query never finds its old
+result under the new name. All file I/O runs on worker threads, in batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import AsyncIterator
+import uuid
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from loguru import logger
 
 from athenaq.athena import Column, ResultPage
+from athenaq.csvformat import CsvParser, format_row
 
 TEMP_PREFIX = ".partial-"
+COLUMNS_FILE = "columns.json"
+DATA_FILE = "rows.csv"
+INDEX_FILE = "rows.idx"
+OFFSET_BYTES = 8
+# How much a download reads (and converts, and compresses) per trip to a worker thread.
+CHUNK_BYTES = 64 * 1024
+# Rows and index entries are buffered up to this size before one write on a thread.
+WRITE_BATCH_BYTES = 1024 * 1024
 
-
-@dataclass(frozen=True)
-class StoredResult:
-    columns: list[Column]
-    rows: list[list[str | None]]
+Row = list[str | None]
+DownloadFormat = Literal["csv", "jsonl"]
 
 
 class ResultFiles:
-    """The results folder; one file per query execution."""
+    """The results folder; one directory per query execution."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).resolve()
 
     def prepare(self) -> None:
-        """Create the folder and remove temporary files a crash left behind."""
+        """Create the folder and remove what a crash mid-write left behind."""
         self.directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.directory.glob(TEMP_PREFIX + "*"):
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
     def path(self, query_id: str, execution_id: str) -> Path:
-        return self.directory / f"{query_id}.{execution_id}.jsonl"
+        """The execution's result directory."""
+        return self.directory / f"{query_id}.{execution_id}"
 
     async def write(
         self, query_id: str, execution_id: str, pages: AsyncIterator[ResultPage]
     ) -> int:
-        """Write every page to the execution's file; returns the row count.
+        """Write every page to the execution's result; returns the row count.
 
-        The file appears under its final name only once complete."""
-        fd, temp_name = await asyncio.to_thread(
-            tempfile.mkstemp, prefix=TEMP_PREFIX, dir=self.directory
+        The result appears under its final name only once complete. When another
+        process stored the same execution first, its result is kept."""
+        temp = Path(
+            await asyncio.to_thread(tempfile.mkdtemp, prefix=TEMP_PREFIX, dir=self.directory)
         )
-        rows = 0
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
+            writer = await asyncio.to_thread(_Writer, temp)
+            try:
                 async for page in pages:
-                    if page.columns is not None:
-                        header = {
-                            "columns": [{"name": c.name, "type": c.type} for c in page.columns]
-                        }
-                        await asyncio.to_thread(_write_lines, out, [header])
-                    await asyncio.to_thread(_write_lines, out, page.rows)
-                    rows += len(page.rows)
-                await asyncio.to_thread(_flush, out)
-            await asyncio.to_thread(os.replace, temp_name, self.path(query_id, execution_id))
+                    await asyncio.to_thread(writer.add, page)
+                rows = await asyncio.to_thread(writer.finish)
+            finally:
+                await asyncio.to_thread(writer.close)
+            await asyncio.to_thread(_publish, temp, self.path(query_id, execution_id))
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_name)
+            await asyncio.to_thread(shutil.rmtree, temp, True)
             raise
         return rows
 
-    async def read(self, query_id: str, execution_id: str) -> StoredResult:
-        """The whole result; FileNotFoundError when it is gone (refreshed meanwhile)."""
-        return await asyncio.to_thread(_read, self.path(query_id, execution_id))
+    async def open(self, query_id: str, execution_id: str) -> ResultReader:
+        """The execution's result, opened; FileNotFoundError when it is gone (refreshed
+        meanwhile). Once open it stays readable to the end even if deleted."""
+        return await asyncio.to_thread(ResultReader, self.path(query_id, execution_id))
 
     async def delete(self, query_id: str, execution_id: str | None) -> None:
         if execution_id:
             logger.debug(
                 "deleting results", query_id=query_id, athena_query_execution_id=execution_id
             )
-            await asyncio.to_thread(self.path(query_id, execution_id).unlink, missing_ok=True)
+            await asyncio.to_thread(_remove, self.path(query_id, execution_id))
 
 
-def _write_lines(out: IO[str], items: list[Any]) -> None:
-    for item in items:
-        out.write(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
-        out.write("\n")
+class _Writer:
+    """Both files of a result being written; every method runs on a worker thread."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.data = (directory / DATA_FILE).open("wb")
+        self.index = (directory / INDEX_FILE).open("wb")
+        self.offset = 0
+        self.rows = 0
+        self.header_written = False
+        self._data_buffer: list[bytes] = []
+        self._index_buffer = bytearray()
+        self._buffered = 0
+
+    def add(self, page: ResultPage) -> None:
+        if not self.header_written:
+            columns = page.columns or []
+            header = {"columns": [{"name": c.name, "type": c.type} for c in columns]}
+            with (self.directory / COLUMNS_FILE).open("w", encoding="utf-8") as out:
+                json.dump(header, out, ensure_ascii=False)
+                out.flush()
+                os.fsync(out.fileno())
+            self._line([c.name for c in columns])
+            self.header_written = True
+        for row in page.rows:
+            self._index_buffer += self.offset.to_bytes(OFFSET_BYTES, "little")
+            self._line(row)
+            self.rows += 1
+        if self._buffered >= WRITE_BATCH_BYTES:
+            self._flush()
+
+    def finish(self) -> int:
+        if not self.header_written:
+            self.add(ResultPage(columns=[], rows=[]))
+        self._index_buffer += self.offset.to_bytes(OFFSET_BYTES, "little")
+        self._flush()
+        for out in (self.data, self.index):
+            out.flush()
+            os.fsync(out.fileno())
+        return self.rows
+
+    def close(self) -> None:
+        self.data.close()
+        self.index.close()
+
+    def _line(self, values: Row) -> None:
+        line = format_row(values).encode()
+        self._data_buffer.append(line)
+        self.offset += len(line)
+        self._buffered += len(line)
+
+    def _flush(self) -> None:
+        self.data.write(b"".join(self._data_buffer))
+        self.index.write(self._index_buffer)
+        self._data_buffer.clear()
+        self._index_buffer.clear()
+        self._buffered = 0
 
 
-def _flush(out: IO[str]) -> None:
-    out.flush()
-    os.fsync(out.fileno())
+def _publish(temp: Path, final: Path) -> None:
+    try:
+        os.rename(temp, final)
+    except OSError as exc:
+        # A directory cannot replace a non-empty one: another process stored this
+        # execution first, and its result is the same.
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        shutil.rmtree(temp, ignore_errors=True)
+    # Make the rename itself durable.
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _read(path: Path) -> StoredResult:
-    with path.open(encoding="utf-8") as source:
-        header = json.loads(next(source))
-        rows = [json.loads(line) for line in source]
-    columns = [Column(name=c["name"], type=c["type"]) for c in header["columns"]]
-    return StoredResult(columns=columns, rows=rows)
+def _remove(path: Path) -> None:
+    # Renamed away first, so a reader never opens a half-deleted result.
+    doomed = path.with_name(f"{TEMP_PREFIX}deleted-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Page:
+    """Rows [offset, offset + len(rows)) of a result of `row_count` rows."""
+
+    offset: int
+    rows: list[Row]
+    row_count: int
+
+
+class ResultReader:
+    """One stored result, opened. Both files are open from the start, so a refresh
+    that deletes them meanwhile does not cut a download short. Close it when done."""
+
+    def __init__(self, directory: Path) -> None:
+        self.data: IO[bytes] = (directory / DATA_FILE).open("rb")
+        try:
+            self.index: IO[bytes] = (directory / INDEX_FILE).open("rb")
+            header = json.loads((directory / COLUMNS_FILE).read_bytes())
+            entries = os.fstat(self.index.fileno()).st_size // OFFSET_BYTES
+            self.row_count = entries - 1
+            self.rows_start = self._offset(0)
+        except BaseException:
+            self.close()
+            raise
+        self.columns = [Column(name=c["name"], type=c["type"]) for c in header["columns"]]
+
+    def close(self) -> None:
+        with contextlib.suppress(AttributeError):
+            self.index.close()
+        self.data.close()
+
+    async def page(self, offset: int, limit: int) -> Page:
+        """At most `limit` rows from `offset`; none past the end."""
+        return await asyncio.to_thread(self._page, offset, limit)
+
+    async def download(self, fmt: DownloadFormat, *, gzip: bool) -> AsyncGenerator[bytes, None]:
+        """The whole result as CSV (header row, then rows in Athena's CSV form: the
+        stored bytes) or JSON lines (the line `{"columns": [...]}`, then one array per
+        row), in chunks of about CHUNK_BYTES, gzipped on the fly if asked."""
+        chunks = _Chunks(self, fmt, gzip)
+        while True:
+            chunk = await asyncio.to_thread(chunks.next)
+            if chunk is None:
+                return
+            if chunk:
+                yield chunk
+
+    def _offset(self, row: int) -> int:
+        self.index.seek(row * OFFSET_BYTES)
+        return int.from_bytes(self.index.read(OFFSET_BYTES), "little")
+
+    def _page(self, offset: int, limit: int) -> Page:
+        first = min(offset, self.row_count)
+        last = min(offset + limit, self.row_count)
+        if first == last:
+            return Page(offset=offset, rows=[], row_count=self.row_count)
+        self.index.seek(first * OFFSET_BYTES)
+        raw = self.index.read((last - first + 1) * OFFSET_BYTES)
+        start = int.from_bytes(raw[:OFFSET_BYTES], "little")
+        end = int.from_bytes(raw[-OFFSET_BYTES:], "little")
+        self.data.seek(start)
+        parser = CsvParser()
+        rows = parser.feed(self.data.read(end - start))
+        parser.close()
+        return Page(offset=offset, rows=rows, row_count=self.row_count)
+
+
+class _Chunks:
+    """The download's chunks, one per call of `next` (on a worker thread); None at the end."""
+
+    def __init__(self, reader: ResultReader, fmt: DownloadFormat, gzip: bool) -> None:
+        self.reader = reader
+        self.fmt = fmt
+        self.position = 0 if fmt == "csv" else reader.rows_start
+        self.end = reader._offset(reader.row_count)
+        self.compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if gzip else None
+        self.parser = CsvParser()
+        self.started = False
+        self.done = False
+
+    def next(self) -> bytes | None:
+        if self.done:
+            return None
+        out = b""
+        if not self.started and self.fmt == "jsonl":
+            columns = [{"name": c.name, "type": c.type} for c in self.reader.columns]
+            out = _json_line({"columns": columns})
+        self.started = True
+        if self.position < self.end:
+            self.reader.data.seek(self.position)
+            raw = self.reader.data.read(min(CHUNK_BYTES, self.end - self.position))
+            if not raw:
+                raise OSError("result file shorter than its index")
+            self.position += len(raw)
+            out += self._convert(raw)
+        else:
+            self.done = True
+            if self.fmt == "jsonl":
+                self.parser.close()  # raises if the file ends inside a row
+        if self.compressor is not None:
+            out = self.compressor.compress(out)
+            if self.done:
+                out += self.compressor.flush()
+        return out
+
+    def _convert(self, raw: bytes) -> bytes:
+        if self.fmt == "csv":
+            return raw
+        return b"".join(_json_line(row) for row in self.parser.feed(raw))
+
+
+def _json_line(item: Any) -> bytes:
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"

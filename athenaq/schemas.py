@@ -10,6 +10,10 @@ from athenaq.clock import isoformat
 
 # Athena's own limit for QueryString, counted in bytes here so no multibyte text slips past.
 MAX_QUERY_BYTES = 262_144
+# Rows in a page of `GET /query/<id>/results` when `limit` is not given, and at most.
+DEFAULT_PAGE_ROWS = 1_000
+MAX_PAGE_ROWS = 10_000
+RESULT_FORMATS = ("json", "csv", "jsonl")
 
 
 class Timestamp(fields.Field[Any]):
@@ -29,6 +33,32 @@ class SubmitRequest(Schema):
     def not_blank(self, value: str, **_: Any) -> None:
         if not value.strip():
             raise ValidationError("must not be blank")
+
+
+class Count(fields.Integer):
+    """A non-negative integer written in decimal digits only, as a query parameter is."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+            raise ValidationError("must be a non-negative integer")
+        result: int = super()._deserialize(value, attr, data, **kwargs)
+        return result
+
+
+class ResultsRequest(Schema):
+    """The query parameters of `GET /query/<id>/results`, each given at most once."""
+
+    class Meta:
+        unknown = RAISE
+
+    offset = Count(load_default=0)
+    limit = Count(
+        load_default=DEFAULT_PAGE_ROWS,
+        validate=validate.Range(min=1, max=MAX_PAGE_ROWS, error="must be 1 to {max}"),
+    )
+    format = fields.String(
+        validate=validate.OneOf(RESULT_FORMATS, error="must be one of: {choices}")
+    )
 
 
 class StatisticsSchema(Schema):
@@ -61,6 +91,7 @@ class StatusSchema(StateSchema):
     results_at = Timestamp()
     cancel_requested = fields.Function(lambda record: record.cancel_requested_at is not None)
     row_count = fields.Integer(allow_none=True)
+    results_source = fields.String(allow_none=True)
     statistics = fields.Function(lambda record: StatisticsSchema().dump(record))
 
 
@@ -76,3 +107,6 @@ class ResultsSchema(Schema):
     columns = fields.List(fields.Nested(ColumnSchema))
     rows = fields.Raw()
     row_count = fields.Integer()
+    offset = fields.Integer()
+    limit = fields.Integer()
+    next = fields.String(allow_none=True)

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiosqlite
 import asyncmy
+import asyncmy.errors
 from asyncmy.cursors import DictCursor
 
 from athenaq.clock import utcnow
@@ -49,6 +50,7 @@ MYSQL_SCHEMA = (
         completed_at DATETIME(6) NULL,
         results_at DATETIME(6) NULL,
         row_count BIGINT NULL,
+        results_source VARCHAR(8) NULL,
         data_scanned_bytes BIGINT NULL,
         engine_execution_ms BIGINT NULL,
         queue_ms BIGINT NULL,
@@ -71,6 +73,12 @@ MYSQL_SCHEMA = (
     """,
 )
 
+# Columns added after the first release, with their DDL per database: `create_schema`
+# adds them to an older database's table.
+MYSQL_ADDED_COLUMNS = {"results_source": "VARCHAR(8) NULL AFTER row_count"}
+ER_DUP_FIELDNAME = 1060
+SQLITE_ADDED_COLUMNS = {"results_source": "TEXT"}
+
 # Datetimes are ISO 8601 text of one width (see _sqlite_params), so they sort as they compare.
 SQLITE_SCHEMA = (
     """
@@ -89,6 +97,7 @@ SQLITE_SCHEMA = (
         completed_at TEXT,
         results_at TEXT,
         row_count INTEGER,
+        results_source TEXT,
         data_scanned_bytes INTEGER,
         engine_execution_ms INTEGER,
         queue_ms INTEGER,
@@ -141,6 +150,7 @@ MUTABLE_COLUMNS = frozenset(
         "completed_at",
         "results_at",
         "row_count",
+        "results_source",
         "data_scanned_bytes",
         "engine_execution_ms",
         "queue_ms",
@@ -167,6 +177,9 @@ class QueryRecord:
     completed_at: datetime | None
     results_at: datetime | None
     row_count: int | None
+    # Where the stored results were read from: "s3" (the result object) or "api"
+    # (GetQueryResults); None until they are stored.
+    results_source: str | None
     data_scanned_bytes: int | None
     engine_execution_ms: int | None
     queue_ms: int | None
@@ -304,6 +317,21 @@ class _MySQL:
         async with self._pool.acquire() as conn, conn.cursor() as cur:
             for statement in MYSQL_SCHEMA:
                 await cur.execute(statement)
+            # MariaDB has ADD COLUMN IF NOT EXISTS, MySQL does not: look first, and take a
+            # duplicate column from another process starting at the same time as done.
+            await cur.execute(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS"
+                " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'queries'"
+            )
+            present = {row[0] for row in await cur.fetchall()}
+            for column, ddl in MYSQL_ADDED_COLUMNS.items():
+                if column in present:
+                    continue
+                try:
+                    await cur.execute(f"ALTER TABLE queries ADD COLUMN {column} {ddl}")
+                except asyncmy.errors.MySQLError as exc:
+                    if exc.args[0] != ER_DUP_FIELDNAME:
+                        raise
 
     async def close(self) -> None:
         self._pool.close()
@@ -415,6 +443,13 @@ class _SQLite:
         async with self.transaction() as execute:
             for statement in SQLITE_SCHEMA:
                 await execute(statement, ())
+            # SQLite has no ADD COLUMN IF NOT EXISTS; the write lock held since BEGIN
+            # IMMEDIATE keeps another process from adding it between the check and the add.
+            async with self._conn.execute("PRAGMA table_info(queries)") as cursor:
+                present = {row["name"] for row in await cursor.fetchall()}
+            for column, ddl in SQLITE_ADDED_COLUMNS.items():
+                if column not in present:
+                    await execute(f"ALTER TABLE queries ADD COLUMN {column} {ddl}", ())
 
     async def close(self) -> None:
         async with self._lock:
@@ -471,6 +506,7 @@ class Store:
             completed_at=None,
             results_at=None,
             row_count=None,
+            results_source=None,
             data_scanned_bytes=None,
             engine_execution_ms=None,
             queue_ms=None,

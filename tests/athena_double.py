@@ -9,7 +9,14 @@ and lets each query script its own life with a line comment, e.g.
 Keys: queue_ms, run_ms, hold (RUNNING until released or stopped), fail (reason),
 columns + rows, generate (N rows), scanned_bytes, start_throttle (K throttled starts),
 start_invalid (message), results_delay_ms (per GetQueryResults call), stop_ms (how
-long a stop takes to be confirmed).
+long a stop takes to be confirmed), s3 ("denied", "missing" or "malformed": how S3
+GetObject answers for the result object). A cell of `rows` may be
+`{"repeat": "text", "times": N}`, for values too large to put in the SQL.
+
+It also serves S3 GetObject in path style, `GET /<bucket>/<key>`, for the result object
+`<OutputLocation><QueryExecutionId>.csv` of a SUCCEEDED query, in Athena's CSV form:
+header first, every value double-quoted with `""` for a quote, NULL an empty unquoted
+field.
 
 Only tornado and the standard library are used, so it also runs as a standalone program
 (``python tests/athena_double.py --port 8765``) for benchmarks and manual testing.
@@ -28,6 +35,7 @@ import signal
 import threading
 import time
 import uuid
+import xml.sax.saxutils
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +82,8 @@ def invalid(message: str) -> ApiError:
 def _cell(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, dict) and "repeat" in value:
+        return str(value["repeat"]) * int(value.get("times", 1))
     if isinstance(value, bool):  # Athena renders booleans lower-case
         return "true" if value else "false"
     return str(value)
@@ -240,6 +250,24 @@ class AthenaState:
                 e.finish(state, reason, now)
             return e.state(now)
 
+    def result_object(self, uri: str) -> tuple[Execution, str | None]:
+        """The execution whose result object `uri` names, and its `s3` directive; S3's
+        NoSuchKey (as an ApiError) when there is no such object (yet)."""
+        name = uri.rpartition("/")[2]
+        with self._lock:
+            e = self._executions.get(name.removesuffix(".csv"))
+            if (
+                e is None
+                or e.output is None
+                or f"{e.output}{e.id}.csv" != uri
+                or e.state(time.monotonic()) != "SUCCEEDED"
+                or e.script.get("s3") == "missing"
+            ):
+                raise ApiError("NoSuchKey", "The specified key does not exist.", status=404)
+            if e.script.get("s3") == "denied":
+                raise ApiError("AccessDenied", "Access Denied", status=403)
+            return e, e.script.get("s3")
+
     def results_delay(self, body: Json) -> float:
         with self._lock:
             e = self._executions.get(str(body.get("QueryExecutionId")))
@@ -382,6 +410,12 @@ class AthenaState:
         return out
 
 
+def _csv_line(values: list[str | None]) -> str:
+    """One row of Athena's CSV form (athenaq's own writer is not used: the double is
+    independent of the code it tests)."""
+    return ",".join("" if v is None else '"' + v.replace('"', '""') + '"' for v in values) + "\n"
+
+
 def _throttle() -> ApiError:
     return ApiError(
         "TooManyRequestsException",
@@ -440,6 +474,43 @@ class _AthenaHandler(_Handler):
         except ApiError as exc:
             status, reply = exc.status, exc.body
         self.reply(status, reply, "application/x-amz-json-1.1")
+
+
+class _ObjectHandler(_Handler):
+    """S3 GetObject, path style: GET /<bucket>/<key> of a query's result object."""
+
+    # Rows of the object sent per write, so a generated result is never whole in memory.
+    ROWS_PER_WRITE = 1000
+
+    async def get(self, bucket: str, key: str) -> None:
+        self.double.state.count("GetObject")
+        self.set_header("x-amz-request-id", uuid.uuid4().hex)
+        try:
+            e, mode = self.double.state.result_object(f"s3://{bucket}/{key}")
+        except ApiError as exc:
+            self.set_status(exc.status)
+            self.set_header("Content-Type", "application/xml")
+            code, message = exc.body["__type"], xml.sax.saxutils.escape(str(exc))
+            self.finish(
+                '<?xml version="1.0" encoding="UTF-8"?>\n'
+                f"<Error><Code>{code}</Code><Message>{message}</Message>"
+                f"<Key>{xml.sax.saxutils.escape(key)}</Key></Error>"
+            )
+            return
+        self.set_header("Content-Type", "text/csv")
+        lines = [_csv_line([name for name, _ in e.columns()])]
+        count = e.row_count()
+        for i in range(count):
+            lines.append(_csv_line(e.row(i)))
+            if len(lines) >= self.ROWS_PER_WRITE and i < count - 1:
+                self.write("".join(lines).encode())
+                await self.flush()
+                lines = []
+        text = "".join(lines)
+        if mode == "malformed":
+            # Cut inside the last row (or the header): what an interrupted upload leaves.
+            text = text[:-2]
+        self.finish(text.encode())
 
 
 class _ReleaseHandler(_Handler):
@@ -519,6 +590,7 @@ class AthenaDouble:
                 (r"/_double/calls", _CallsHandler, args),
                 (r"/_double/executions/([^/]+)", _ExecutionHandler, args),
                 (r"/_double/reset", _ResetHandler, args),
+                (r"/([^/]+)/(.+)", _ObjectHandler, args),
             ]
         )
 

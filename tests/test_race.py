@@ -49,7 +49,7 @@ async def test_cancel_racing_completion_never_cancels_a_completed_query(
         submit_via, cancel_via = rng.choice(clients), rng.choice(clients)
         sql = (
             f"SELECT {n}\n-- double: "
-            f'{{"run_ms": {rng.randint(0, 300)}, "results_delay_ms": {rng.randint(0, 30)}}}'
+            f'{{"run_ms": {rng.randint(0, 600)}, "results_delay_ms": {rng.randint(0, 30)}}}'
         )
         query_id = await submit_via.submit(sql)
         await asyncio.sleep(rng.uniform(0, 0.3))  # vary where in the query's life the cancel lands

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from loguru import logger
 from marshmallow import ValidationError
+from tornado.iostream import StreamClosedError
 from tornado.web import stream_request_body
 
 from athenaq.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
@@ -13,11 +16,16 @@ from athenaq.handlers.base import BaseHandler, Context
 from athenaq.schemas import (
     MAX_QUERY_BYTES,
     CancelSchema,
+    ResultsRequest,
     ResultsSchema,
     StateSchema,
     StatusSchema,
     SubmitRequest,
 )
+
+if TYPE_CHECKING:
+    from athenaq.results import DownloadFormat, ResultReader
+    from athenaq.store import QueryRecord
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -81,19 +89,127 @@ class StatusHandler(BaseHandler):
 
 
 class ResultsHandler(BaseHandler):
-    """GET /query/<id>/results: 200; 404, 409 (running, cancelled, failed)."""
+    """GET /query/<id>/results: 200 a page (JSON) or the whole result (CSV, JSON lines),
+    304; 400, 404, 409 (running, cancelled, failed)."""
 
     async def get(self, segment: str) -> None:
-        record, result = await self.machine.read_results(self.query_id(segment))
+        query_id = self.query_id(segment)
+        request = self._parameters()
+        fmt = request.get("format") or self._negotiated_format()
+        record, reader = await self.machine.read_results(query_id)
+        try:
+            if fmt == "json":
+                await self._page(record, reader, request["offset"], request["limit"])
+            else:
+                await self._download(record, reader, fmt)
+        finally:
+            reader.close()
+
+    def _parameters(self) -> dict[str, Any]:
+        arguments: dict[str, str] = {}
+        for name, values in self.request.query_arguments.items():
+            if len(values) > 1:
+                raise ValidationFailed(f"{name}: given more than once")
+            try:
+                arguments[name] = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValidationFailed(f"{name}: not valid UTF-8") from None
+        try:
+            request: dict[str, Any] = ResultsRequest().load(arguments)
+        except ValidationError as exc:
+            raise ValidationFailed(_first_message(exc.messages)) from None
+        return request
+
+    def _negotiated_format(self) -> str:
+        """The format the Accept header prefers; JSON when it names none we make."""
+        best, best_q = "json", 0.0
+        for media_type, q in _weighted(self.request.headers.get("Accept", "")):
+            fmt = _ACCEPTED.get(media_type)
+            if fmt is not None and q > best_q:
+                best, best_q = fmt, q
+        return best
+
+    async def _page(
+        self, record: QueryRecord, reader: ResultReader, offset: int, limit: int
+    ) -> None:
+        page = await reader.page(offset, limit)
+        following = offset + limit
         body = {
             "id": record.id,
             "state": record.state.value,
             "results_at": record.results_at,
-            "columns": result.columns,
-            "rows": result.rows,
-            "row_count": len(result.rows),
+            "columns": reader.columns,
+            "rows": page.rows,
+            "row_count": page.row_count,
+            "offset": offset,
+            "limit": limit,
+            "next": (
+                f"/query/{record.id}/results?offset={following}&limit={limit}"
+                if following < page.row_count
+                else None
+            ),
         }
         self.write_json(ResultsSchema().dump(body))
+
+    async def _download(self, record: QueryRecord, reader: ResultReader, fmt: str) -> None:
+        download: DownloadFormat = "csv" if fmt == "csv" else "jsonl"
+        gzip = _accepts_gzip(self.request.headers.get("Accept-Encoding", ""))
+        if not self.settings.get("compress_response"):
+            # Otherwise Tornado's gzip transform adds it to every answer itself.
+            self.set_header("Vary", "Accept-Encoding")
+        # A result never changes until a refresh, which gives it a new execution id.
+        self.set_header("Etag", f'"{record.athena_execution_id}.{download}{".gz" if gzip else ""}"')
+        if self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return
+        self.set_header("Content-Type", _MEDIA_TYPES[download])
+        self.set_header("Content-Disposition", f'attachment; filename="{record.id}.{download}"')
+        if gzip:
+            # Set before the first chunk, so Tornado's own gzip transform leaves it alone.
+            self.set_header("Content-Encoding", "gzip")
+        try:
+            async with contextlib.aclosing(reader.download(download, gzip=gzip)) as chunks:
+                async for chunk in chunks:
+                    self.write(chunk)
+                    # Waits until the client took the chunk: memory stays flat however slow.
+                    await self.flush()
+        except StreamClosedError:
+            logger.info("download abandoned by the client", query_id=record.id)
+            return
+        self.finish()
+
+
+_MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
+_ACCEPTED = {
+    "application/json": "json",
+    "text/csv": "csv",
+    "application/x-ndjson": "jsonl",
+}
+
+
+def _weighted(header: str) -> list[tuple[str, float]]:
+    """`(media type, q)` for each entry of an Accept header."""
+    entries = []
+    for entry in header.split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if name:
+            entries.append((name.lower(), q))
+    return entries
+
+
+def _accepts_gzip(header: str) -> bool:
+    # The same test as Tornado's compress_response applies to every other answer, so a
+    # download is never left to it (which would compress a stream with a flush per chunk).
+    return "gzip" in header
 
 
 class RefreshHandler(BaseHandler):

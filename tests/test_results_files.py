@@ -1,0 +1,168 @@
+"""ResultFiles: the on-disk form of a result, paged reads and downloads."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from athenaq.athena import Column, ResultPage
+from athenaq.csvformat import format_row
+from athenaq.results import INDEX_FILE, TEMP_PREFIX, ResultFiles
+
+COLUMNS = [Column(name="n", type="integer"), Column(name="s", type="varchar")]
+
+
+def make_rows(count: int) -> list[list[str | None]]:
+    return [
+        [str(i), None if i % 3 == 0 else ("" if i % 3 == 1 else f'x "{i}",\né')]
+        for i in range(count)
+    ]
+
+
+async def pages_of(
+    rows: list[list[str | None]], size: int = 7, fail_after: int | None = None
+) -> AsyncIterator[ResultPage]:
+    if not rows:
+        yield ResultPage(columns=COLUMNS, rows=[])
+        return
+    for start in range(0, len(rows), size):
+        if fail_after is not None and start >= fail_after:
+            raise OSError("connection reset in the middle of the download")
+        yield ResultPage(columns=COLUMNS if start == 0 else None, rows=rows[start : start + size])
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> ResultFiles:
+    results = ResultFiles(tmp_path / "results")
+    results.prepare()
+    return results
+
+
+async def test_round_trip_and_pages_at_start_middle_end(files: ResultFiles) -> None:
+    rows = make_rows(100)
+    assert await files.write("q", "e", pages_of(rows)) == 100
+    reader = await files.open("q", "e")
+    try:
+        assert reader.columns == COLUMNS
+        assert reader.row_count == 100
+        whole = await reader.page(0, 1000)
+        assert whole.rows == rows and whole.row_count == 100
+        assert (await reader.page(0, 10)).rows == rows[:10]
+        assert (await reader.page(45, 10)).rows == rows[45:55]
+        assert (await reader.page(95, 10)).rows == rows[95:]
+        assert (await reader.page(99, 1)).rows == rows[99:]
+        past = await reader.page(100, 10)
+        assert past.rows == [] and past.row_count == 100 and past.offset == 100
+        assert (await reader.page(10**12, 10)).rows == []
+    finally:
+        reader.close()
+
+
+async def test_files_are_columns_athenas_csv_and_an_offset_index(files: ResultFiles) -> None:
+    rows = make_rows(5)  # row 2 has a newline inside a value
+    await files.write("q", "e", pages_of(rows))
+    directory = files.path("q", "e")
+    assert sorted(p.name for p in directory.iterdir()) == ["columns.json", "rows.csv", "rows.idx"]
+    assert json.loads((directory / "columns.json").read_bytes()) == {
+        "columns": [{"name": "n", "type": "integer"}, {"name": "s", "type": "varchar"}]
+    }
+    lines = [format_row(["n", "s"]).encode()] + [format_row(row).encode() for row in rows]
+    data = (directory / "rows.csv").read_bytes()
+    assert data == b"".join(lines)
+    index = (directory / INDEX_FILE).read_bytes()
+    assert len(index) == 8 * 6
+    offsets = [int.from_bytes(index[i : i + 8], "little") for i in range(0, len(index), 8)]
+    assert offsets == [sum(len(line) for line in lines[: i + 1]) for i in range(6)]
+    assert offsets[-1] == len(data)
+
+
+async def test_zero_rows_is_a_header_only(files: ResultFiles) -> None:
+    assert await files.write("q", "e", pages_of([])) == 0
+    reader = await files.open("q", "e")
+    try:
+        assert reader.row_count == 0
+        assert reader.columns == COLUMNS
+        assert (await reader.page(0, 10)).rows == []
+        csv = b"".join([chunk async for chunk in reader.download("csv", gzip=False)])
+        assert csv == b'"n","s"\n'
+        jsonl = b"".join([chunk async for chunk in reader.download("jsonl", gzip=False)])
+        assert jsonl.splitlines() == [
+            b'{"columns":[{"name":"n","type":"integer"},{"name":"s","type":"varchar"}]}'
+        ]
+    finally:
+        reader.close()
+
+
+async def test_downloads_in_both_formats_and_gzipped(files: ResultFiles) -> None:
+    rows = make_rows(20_000)  # several read chunks, rows split across them
+    await files.write("q", "e", pages_of(rows, size=1000))
+    reader = await files.open("q", "e")
+    try:
+        chunks = [chunk async for chunk in reader.download("csv", gzip=False)]
+        assert len(chunks) > 3
+        expected = ['"n","s"\n'] + [
+            ",".join("" if v is None else '"' + v.replace('"', '""') + '"' for v in row) + "\n"
+            for row in rows
+        ]
+        assert b"".join(chunks) == "".join(expected).encode()
+        zipped = b"".join([chunk async for chunk in reader.download("csv", gzip=True)])
+        assert gzip.decompress(zipped) == "".join(expected).encode()
+        jsonl = b"".join([chunk async for chunk in reader.download("jsonl", gzip=False)])
+        assert b"".join(chunks) == (files.path("q", "e") / "rows.csv").read_bytes()
+        assert [json.loads(line) for line in jsonl.splitlines()[1:]] == rows
+    finally:
+        reader.close()
+
+
+async def test_an_open_result_survives_its_deletion(files: ResultFiles) -> None:
+    rows = make_rows(50)
+    await files.write("q", "e", pages_of(rows))
+    reader = await files.open("q", "e")
+    try:
+        await files.delete("q", "e")
+        assert not files.path("q", "e").exists()
+        assert (await reader.page(40, 20)).rows == rows[40:]
+    finally:
+        reader.close()
+    with pytest.raises(FileNotFoundError):
+        await files.open("q", "e")
+
+
+async def test_a_crash_mid_write_leaves_nothing_servable(files: ResultFiles) -> None:
+    with pytest.raises(OSError, match="connection reset"):
+        await files.write("q", "e", pages_of(make_rows(100), fail_after=50))
+    assert not files.path("q", "e").exists()
+    with pytest.raises(FileNotFoundError):
+        await files.open("q", "e")
+    assert list(files.directory.iterdir()) == []
+    files.prepare()
+    assert list(files.directory.iterdir()) == []
+
+
+async def test_prepare_removes_what_a_killed_process_left(files: ResultFiles) -> None:
+    # A process killed mid-write never reaches its cleanup: simulate what it leaves.
+    partial = files.directory / (TEMP_PREFIX + "abc")
+    partial.mkdir()
+    (partial / "rows.csv").write_bytes(b'"n"\n"1"\n')
+    (files.directory / (TEMP_PREFIX + "old-file")).write_bytes(b"x")
+    await files.write("q", "e", pages_of(make_rows(3)))
+    files.prepare()
+    assert sorted(p.name for p in files.directory.iterdir()) == ["q.e"]
+    reader = await files.open("q", "e")
+    reader.close()
+
+
+async def test_a_second_writer_of_the_same_execution_keeps_the_first(files: ResultFiles) -> None:
+    rows = make_rows(10)
+    assert await files.write("q", "e", pages_of(rows)) == 10
+    assert await files.write("q", "e", pages_of(rows)) == 10
+    assert sorted(p.name for p in files.directory.iterdir()) == ["q.e"]
+    reader = await files.open("q", "e")
+    try:
+        assert (await reader.page(0, 100)).rows == rows
+    finally:
+        reader.close()

@@ -55,7 +55,7 @@ async def test_keyed_lock_serializes_one_key_and_is_dropped_when_idle() -> None:
         async with lock("a"):
             inside += 1
             most_inside = max(most_inside, inside)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # hand the loop to the others while holding the lock
             inside -= 1
 
     await asyncio.gather(*(critical() for _ in range(20)))

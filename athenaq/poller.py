@@ -47,7 +47,6 @@ class Poller:
         self._callback: PeriodicCallback | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._batch_retry_at = 0.0
-        self.ticks = 0
 
     def start(self) -> None:
         """Begin polling now, then every interval (with 10% jitter so processes spread out)."""
@@ -75,7 +74,6 @@ class Poller:
 
     async def tick(self) -> None:
         """One round over the unfinished queries; errors are per query, never fatal."""
-        self.ticks += 1
         try:
             records = await self.machine.store.unfinished()
         except Exception:

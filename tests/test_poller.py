@@ -44,6 +44,7 @@ async def test_without_batch_support_it_asks_per_query(
         assert calls["GetQueryExecution"] >= 3
         # The failed batch call is not repeated at every tick.
         assert calls.get("BatchGetQueryExecution", 0) == 1
+        await service.stop()
 
 
 async def test_more_than_fifty_queries_run_at_once(client: Client, double: AthenaDouble) -> None:
@@ -100,3 +101,6 @@ async def test_throttled_starts_stay_queued_until_athena_has_room(
         endpoint.release(running[1]["athena_query_execution_id"])
         status = await client.wait_state(waiting["id"], "RUNNING", timeout=30)
         assert status["athena_query_execution_id"] is not None
+        # Stopped while its endpoint still answers: a poll in flight to a closed endpoint
+        # would hold the stop for the length of the client's retries.
+        await service.stop()

@@ -47,3 +47,4 @@ async def test_queries_survive_a_restart(
             results = body(await after.request("GET", f"/query/{query_id}/results"))
             assert results["row_count"] == rows
             assert len(results["rows"]) == rows
+        await second.stop()

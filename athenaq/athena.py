@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +23,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from loguru import logger
 
 from athenaq.config import AthenaConfig, S3Config
-from athenaq.csvformat import CsvParser, Row
 
 # botocore's default "legacy" mode does not retry TooManyRequestsException; standard does.
 CLIENT_CONFIG = AioConfig(
@@ -46,10 +45,8 @@ S3_CLIENT_CONFIG = CLIENT_CONFIG.merge(
 BATCH_LIMIT = 50
 PAGE_ROWS = 1000
 # Bytes asked of the S3 body per read: large enough that the hop to a worker thread per
-# chunk costs nothing next to parsing it, small enough to bound the memory of one read.
+# chunk costs nothing next to storing it, small enough to bound the memory of one read.
 S3_CHUNK_BYTES = 1024 * 1024
-# Rows per ResultPage read from S3: the writer's batches, of the order of the API's pages.
-S3_PAGE_ROWS = 5000
 THROTTLING_CODES = frozenset({"TooManyRequestsException", "ThrottlingException"})
 
 
@@ -262,7 +259,7 @@ class Athena:
     async def stop(self, execution_id: str) -> None:
         await self._call("stop_query_execution", QueryExecutionId=execution_id)
 
-    async def result_pages(self, execution_id: str) -> AsyncIterator[ResultPage]:
+    async def result_pages(self, execution_id: str) -> AsyncGenerator[ResultPage, None]:
         """GetQueryResults pages of up to 1000 rows, header row removed."""
         token: str | None = None
         first = True
@@ -286,65 +283,29 @@ class Athena:
             if not token:
                 return
 
-    async def object_pages(self, execution: Execution) -> AsyncIterator[ResultPage]:
-        """The result read from its CSV object in S3, in the pages `result_pages` yields.
+    async def object_chunks(self, execution: Execution) -> AsyncGenerator[bytes, None]:
+        """The bytes of the execution's CSV result object in S3, as they arrive.
 
-        The CSV header holds names only, so the column types come from a one-row
-        GetQueryResults, whose names must match the header. Raises ResultObjectUnreadable
-        when the object cannot be used, before the first page or after some (an object
-        cut off is only seen at its end): the caller then starts over with
-        `result_pages`. Athena's own errors (the types call) come out as AthenaCallError."""
+        The next chunk is already being read while the caller handles one. Raises
+        ResultObjectUnreadable when the object cannot be read, before the first chunk or
+        after some: the caller then reads the result through GetQueryResults."""
         location = execution.output_location or ""
         bucket, key = _object_address(location)
-        columns, labels = await self._result_columns(execution.execution_id)
         body = await self._get_object(location, bucket, key)
-        parser = CsvParser()
-        header: Row | None = None
-        pending: list[Row] = []
-        first = True
         async with body:
-            while True:
-                try:
-                    chunk: bytes = await body.read(S3_CHUNK_BYTES)
-                except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
-                    raise ResultObjectUnreadable(location, type(exc).__name__, str(exc)) from exc
-                try:
-                    # CsvParser is pure Python: 1 MiB of short fields takes 50 to 200 ms, far
-                    # too long to hold the event loop, so each chunk is parsed on a worker
-                    # thread. The loop gets the GIL back at every switch interval (5 ms)
-                    # meanwhile, and one thread hop per chunk costs nothing next to parsing
-                    # it; smaller chunks on the loop itself would still hold it ~10 ms each.
-                    # The parser resumes its search inside an unfinished field, so a 10 MB
-                    # cell costs each chunk its own bytes only.
-                    rows = (
-                        await asyncio.to_thread(_parse_chunk, parser, chunk, len(columns))
-                        if chunk
-                        else parser.close()
-                    )
-                except ValueError as exc:  # malformed CSV, invalid UTF-8, a short row
-                    raise ResultObjectUnreadable(location, "MalformedObject", str(exc)) from exc
-                if header is None and rows:
-                    header = rows.pop(0)
-                    if header not in ([c.name for c in columns], labels):
-                        raise ResultObjectUnreadable(
-                            location,
-                            "HeaderMismatch",
-                            f"the header {header} does not name the columns {labels}",
-                        )
-                if not chunk and header is None and columns:
-                    # Even a 0-row SELECT has a header row; only DDL writes nothing.
-                    raise ResultObjectUnreadable(location, "MalformedObject", "no header row")
-                pending.extend(rows)
-                # Full pages as they come; at the end the rest, and at least the columns.
-                while len(pending) >= S3_PAGE_ROWS or (not chunk and (pending or first)):
-                    page, pending = pending[:S3_PAGE_ROWS], pending[S3_PAGE_ROWS:]
-                    yield ResultPage(columns=columns if first else None, rows=page)
-                    first = False
-                if not chunk:
-                    return
+            reading = asyncio.ensure_future(_read(body, location))
+            try:
+                while chunk := await reading:
+                    reading = asyncio.ensure_future(_read(body, location))
+                    yield chunk
+            finally:
+                reading.cancel()
+                with contextlib.suppress(BaseException):
+                    await reading
 
-    async def _result_columns(self, execution_id: str) -> tuple[list[Column], list[str]]:
-        """The result's columns (name, type) and labels, from a one-row GetQueryResults."""
+    async def result_columns(self, execution_id: str) -> tuple[list[Column], list[str]]:
+        """The result's columns (name, type) and labels, from a one-row GetQueryResults:
+        the CSV object's header row holds names only."""
         response = await self._call(
             "get_query_results", QueryExecutionId=execution_id, MaxResults=1
         )
@@ -365,13 +326,12 @@ class Athena:
         return response["Body"]
 
 
-def _parse_chunk(parser: CsvParser, chunk: bytes, width: int) -> list[Row]:
-    """The rows `chunk` completes, each checked to have `width` fields (on a worker thread)."""
-    rows = parser.feed(chunk)
-    for row in rows:
-        if len(row) != width:
-            raise ValueError(f"a row of {len(row)} fields, not {width}")
-    return rows
+async def _read(body: Any, location: str) -> bytes:
+    try:
+        chunk: bytes = await body.read(S3_CHUNK_BYTES)
+    except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
+        raise ResultObjectUnreadable(location, type(exc).__name__, str(exc)) from exc
+    return chunk
 
 
 def _object_address(location: str) -> tuple[str, str]:

@@ -5,15 +5,21 @@ quote; NULL is an empty UNQUOTED field, so it differs from the empty string `""`
 every row ends with `\\n` and a newline inside a value stays inside the quotes.
 Python's csv module cannot tell NULL from "", hence this module.
 
-The parser works on bytes: in UTF-8 no byte of a multi-byte character equals `"`,
-`,` or `\\n`, so the delimiters are found without decoding, a character split across
-chunks needs no special case, and each field is decoded once, whole.
+Both readers here work on bytes: in UTF-8 no byte of a multi-byte character equals
+`"`, `,` or `\\n`, so the delimiters are found without decoding and a character split
+across chunks needs no special case. `CsvParser` makes rows of values, for what is
+served a page at a time; `RowScanner` only finds where rows end, at a hundred times the
+speed, for storing a whole result object as it is.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 Row = list[str | None]
 
@@ -114,3 +120,54 @@ def _closing_quote(buffer: bytearray, start: int) -> int:
         if buffer[i + 1] != _QUOTE:
             return i
         start = i + 2
+
+
+class RowScanner:
+    """Finds where the rows of Athena's CSV end, as its bytes stream by, without making
+    values: `feed` answers the offset just past each row's newline.
+
+    A newline ends a row unless it is inside a quoted value, that is unless an odd
+    number of quotes precede it (an escaped quote is a pair). numpy counts the quotes
+    of each line and the parity carries from line to line and from chunk to chunk:
+    about 1 GB/s, where making every value in Python (CsvParser) runs at 12 MB/s.
+
+    It checks what a cut-off or garbled object shows at that speed: valid UTF-8,
+    balanced quotes, a newline at the very end. The values of each row are checked
+    when they are read (CsvParser)."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._inside_quotes = 0  # 1 while the bytes so far end inside a quoted value
+        self._consumed = 0
+        self._last_byte = 0
+
+    def feed(self, chunk: bytes) -> npt.NDArray[np.uint64]:
+        """The offsets (from the start of the input) just past each row end in `chunk`.
+
+        Raises ValueError on invalid UTF-8."""
+        if not chunk:
+            return np.empty(0, dtype=np.uint64)
+        self._decoder.decode(chunk)  # only to check it: UnicodeDecodeError is a ValueError
+        data = np.frombuffer(chunk, dtype=np.uint8)
+        newlines = np.flatnonzero(data == _NEWLINE)
+        # The quotes of each line (up to and with its newline), then of the unfinished rest.
+        starts = np.concatenate(([0], newlines + 1))
+        if starts[-1] == len(data):
+            starts = starts[:-1]
+        quotes = np.add.reduceat((data == _QUOTE).view(np.uint8), starts, dtype=np.uint32)
+        # Inside quotes after each line: the parity of all quotes so far.
+        parity = np.bitwise_xor.accumulate(quotes & 1) ^ self._inside_quotes
+        ends: npt.NDArray[np.uint64] = newlines[parity[: len(newlines)] == 0].astype(np.uint64)
+        ends += self._consumed + 1
+        self._inside_quotes = int(parity[-1])
+        self._last_byte = chunk[-1]
+        self._consumed += len(chunk)
+        return ends
+
+    def close(self) -> None:
+        """End of input: raises ValueError if it stopped inside a row or a character."""
+        self._decoder.decode(b"", final=True)
+        if self._inside_quotes:
+            raise ValueError("CSV input ends inside a quoted value (truncated)")
+        if self._consumed and self._last_byte != _NEWLINE:
+            raise ValueError("CSV input ends inside a row (truncated)")

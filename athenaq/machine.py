@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from enum import StrEnum
@@ -31,6 +32,7 @@ from athenaq.errors import (
     ResultsMissing,
     ServiceUnavailable,
 )
+from athenaq.results import MalformedResult
 
 if TYPE_CHECKING:
     from athenaq.athena import Athena, Execution
@@ -497,16 +499,16 @@ class Machine:
     async def _write_results(self, query_id: str, execution: Execution) -> tuple[int, str]:
         """Write the execution's result file; returns the row count and the source used.
 
-        The S3 object is the fast way; when it cannot be used, even after some rows were
-        written (an object cut off shows only at its end), the write starts over from
-        GetQueryResults. A result file is renamed into place only once complete, so the
-        file served never mixes the two sources."""
+        The S3 object is the fast way: it already is the stored form, so its bytes are
+        copied. When it cannot be used, even after some of it was written (an object cut
+        off shows only at its end), the write starts over from GetQueryResults. A result
+        file is renamed into place only once complete, so the file served never mixes
+        the two sources."""
         execution_id = execution.execution_id
+        started = time.monotonic()
         try:
-            rows = await self.results.write(
-                query_id, execution_id, self.athena.object_pages(execution)
-            )
-            return rows, "s3"
+            rows = await self._copy_object(query_id, execution)
+            source = "s3"
         except ResultObjectUnreadable as exc:
             logger.warning(
                 "result object unreadable; reading the results through GetQueryResults",
@@ -516,10 +518,31 @@ class Machine:
                 error_code=exc.code,
                 error=exc.message,
             )
-        rows = await self.results.write(
-            query_id, execution_id, self.athena.result_pages(execution_id)
+            rows = await self.results.write(
+                query_id, execution_id, self.athena.result_pages(execution_id)
+            )
+            source = "api"
+        logger.info(
+            "results stored",
+            query_id=query_id,
+            athena_query_execution_id=execution_id,
+            row_count=rows,
+            results_source=source,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
-        return rows, "api"
+        return rows, source
+
+    async def _copy_object(self, query_id: str, execution: Execution) -> int:
+        """Store the result object's bytes; ResultObjectUnreadable if they cannot be used."""
+        columns, labels = await self.athena.result_columns(execution.execution_id)
+        chunks = self.athena.object_chunks(execution)
+        try:
+            return await self.results.copy_csv(
+                query_id, execution.execution_id, columns, labels, chunks
+            )
+        except MalformedResult as exc:
+            location = execution.output_location or ""
+            raise ResultObjectUnreadable(location, "MalformedObject", str(exc)) from exc
 
     # -- background work --------------------------------------------------------------
 

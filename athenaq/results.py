@@ -13,7 +13,9 @@ holding three files:
 
 A page of rows [a, b) is one read of the index (entries a..b) and one read of the
 bytes between them, whatever a is; a CSV download is a byte copy of `rows.csv`, the
-download most clients want and the largest (JSON lines are converted on the way). The
+download most clients want and the largest (JSON lines are converted on the way).
+Athena's result object is already `rows.csv`: it is copied as it comes, and only its
+row ends are looked for (RowScanner), since they are the index. The
 directory is written under a temporary name and renamed in one
 step, so a reader sees a whole result or none, a crash leaves only a temporary
 directory (which `prepare` removes), and a refreshed query never finds its old
@@ -31,15 +33,17 @@ import shutil
 import tempfile
 import uuid
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from loguru import logger
 
 from athenaq.athena import Column, ResultPage
-from athenaq.csvformat import CsvParser, format_row
+from athenaq.csvformat import CsvParser, RowScanner, format_row
 
 TEMP_PREFIX = ".partial-"
 COLUMNS_FILE = "columns.json"
@@ -47,12 +51,16 @@ DATA_FILE = "rows.csv"
 INDEX_FILE = "rows.idx"
 OFFSET_BYTES = 8
 # How much a download reads (and converts, and compresses) per trip to a worker thread.
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 256 * 1024
+# A header row longer than this is no header row: Athena caps names far below it.
+MAX_HEADER_BYTES = 4 * 1024 * 1024
 # Rows and index entries are buffered up to this size before one write on a thread.
 WRITE_BATCH_BYTES = 1024 * 1024
 
 Row = list[str | None]
 DownloadFormat = Literal["csv", "jsonl"]
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 
 class ResultFiles:
@@ -75,20 +83,49 @@ class ResultFiles:
         return self.directory / f"{query_id}.{execution_id}"
 
     async def write(
-        self, query_id: str, execution_id: str, pages: AsyncIterator[ResultPage]
+        self, query_id: str, execution_id: str, pages: AsyncGenerator[ResultPage, None]
     ) -> int:
-        """Write every page to the execution's result; returns the row count.
+        """Write every page of rows (GetQueryResults') to the execution's result; returns
+        the row count."""
+        return await self._write(query_id, execution_id, _RowWriter, pages)
 
-        The result appears under its final name only once complete. When another
-        process stored the same execution first, its result is kept."""
+    async def copy_csv(
+        self,
+        query_id: str,
+        execution_id: str,
+        columns: list[Column],
+        labels: list[str],
+        chunks: AsyncGenerator[bytes, None],
+    ) -> int:
+        """Store a result object, Athena's CSV, as it is: its bytes become `rows.csv`
+        and only the row ends are looked for, to make the index. Its header row must
+        name the `columns` (or give their `labels`). Returns the row count; raises
+        MalformedResult when the bytes are not a whole result in Athena's form."""
+
+        def open_writer(directory: Path) -> _CsvCopier:
+            return _CsvCopier(directory, columns, labels)
+
+        return await self._write(query_id, execution_id, open_writer, chunks)
+
+    async def _write(
+        self,
+        query_id: str,
+        execution_id: str,
+        open_writer: Callable[[Path], _Writer[T]],
+        items: AsyncGenerator[T, None],
+    ) -> int:
+        """Feed every item to a writer in a temporary directory, renamed to the
+        execution's result once complete; returns the row count. When another process
+        stored the same execution first, its result is kept."""
         temp = Path(
             await asyncio.to_thread(tempfile.mkdtemp, prefix=TEMP_PREFIX, dir=self.directory)
         )
         try:
-            writer = await asyncio.to_thread(_Writer, temp)
+            writer = await asyncio.to_thread(open_writer, temp)
             try:
-                async for page in pages:
-                    await asyncio.to_thread(writer.add, page)
+                async with contextlib.aclosing(items):
+                    async for item in items:
+                        await asyncio.to_thread(writer.add, item)
                 rows = await asyncio.to_thread(writer.finish)
             finally:
                 await asyncio.to_thread(writer.close)
@@ -111,30 +148,58 @@ class ResultFiles:
             await asyncio.to_thread(_remove, self.path(query_id, execution_id))
 
 
-class _Writer:
-    """Both files of a result being written; every method runs on a worker thread."""
+class MalformedResult(ValueError):
+    """A result object's bytes are not a whole result in Athena's CSV form."""
+
+
+class _Writer(Protocol[T_contra]):
+    """Writes one result's files in a directory; every method runs on a worker thread."""
+
+    def add(self, item: T_contra) -> None: ...
+
+    def finish(self) -> int:
+        """Complete and sync the files; returns the row count."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _Files:
+    """The three files of a result being written."""
+
+    def __init__(self, directory: Path, columns: list[Column]) -> None:
+        header = {"columns": [{"name": c.name, "type": c.type} for c in columns]}
+        _write_synced(directory / COLUMNS_FILE, json.dumps(header, ensure_ascii=False).encode())
+        self.data = (directory / DATA_FILE).open("wb")
+        self.index = (directory / INDEX_FILE).open("wb")
+
+    def sync(self) -> None:
+        for out in (self.data, self.index):
+            out.flush()
+            os.fsync(out.fileno())
+
+    def close(self) -> None:
+        self.data.close()
+        self.index.close()
+
+
+class _RowWriter:
+    """Writes rows given as values (GetQueryResults pages) in Athena's CSV form."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.data = (directory / DATA_FILE).open("wb")
-        self.index = (directory / INDEX_FILE).open("wb")
+        self.files: _Files | None = None
         self.offset = 0
         self.rows = 0
-        self.header_written = False
         self._data_buffer: list[bytes] = []
         self._index_buffer = bytearray()
         self._buffered = 0
 
     def add(self, page: ResultPage) -> None:
-        if not self.header_written:
+        if self.files is None:
             columns = page.columns or []
-            header = {"columns": [{"name": c.name, "type": c.type} for c in columns]}
-            with (self.directory / COLUMNS_FILE).open("w", encoding="utf-8") as out:
-                json.dump(header, out, ensure_ascii=False)
-                out.flush()
-                os.fsync(out.fileno())
+            self.files = _Files(self.directory, columns)
             self._line([c.name for c in columns])
-            self.header_written = True
         for row in page.rows:
             self._index_buffer += self.offset.to_bytes(OFFSET_BYTES, "little")
             self._line(row)
@@ -143,18 +208,17 @@ class _Writer:
             self._flush()
 
     def finish(self) -> int:
-        if not self.header_written:
+        if self.files is None:
             self.add(ResultPage(columns=[], rows=[]))
         self._index_buffer += self.offset.to_bytes(OFFSET_BYTES, "little")
         self._flush()
-        for out in (self.data, self.index):
-            out.flush()
-            os.fsync(out.fileno())
+        assert self.files is not None
+        self.files.sync()
         return self.rows
 
     def close(self) -> None:
-        self.data.close()
-        self.index.close()
+        if self.files is not None:
+            self.files.close()
 
     def _line(self, values: Row) -> None:
         line = format_row(values).encode()
@@ -163,11 +227,73 @@ class _Writer:
         self._buffered += len(line)
 
     def _flush(self) -> None:
-        self.data.write(b"".join(self._data_buffer))
-        self.index.write(self._index_buffer)
+        assert self.files is not None
+        self.files.data.write(b"".join(self._data_buffer))
+        self.files.index.write(self._index_buffer)
         self._data_buffer.clear()
         self._index_buffer.clear()
         self._buffered = 0
+
+
+class _CsvCopier:
+    """Copies a result object's bytes to `rows.csv` and writes their row ends to the
+    index: the object's header row is the file's, each row end is where the next row
+    starts, and the last one is the end of the file, which is the whole index."""
+
+    def __init__(self, directory: Path, columns: list[Column], labels: list[str]) -> None:
+        self.expected_headers = ([c.name for c in columns], labels)
+        self.files = _Files(directory, columns)
+        self.scanner = RowScanner()
+        self.header = bytearray()  # the object's first bytes until its header row is whole
+        self.row_ends = 0
+
+    def add(self, chunk: bytes) -> None:
+        try:
+            ends = self.scanner.feed(chunk)
+        except ValueError as exc:
+            raise MalformedResult(str(exc)) from exc
+        if not self.row_ends:
+            self._check_header(chunk, ends)
+        self.row_ends += len(ends)
+        self.files.data.write(chunk)
+        self.files.index.write(ends.astype("<u8", copy=False).tobytes())
+
+    def finish(self) -> int:
+        try:
+            self.scanner.close()
+        except ValueError as exc:
+            raise MalformedResult(str(exc)) from exc
+        if not self.row_ends:
+            # Even a 0-row SELECT has a header row; only DDL writes nothing (and no CSV).
+            raise MalformedResult("no header row")
+        self.files.sync()
+        return self.row_ends - 1
+
+    def close(self) -> None:
+        self.files.close()
+
+    def _check_header(self, chunk: bytes, ends: npt.NDArray[np.uint64]) -> None:
+        if not len(ends):
+            self.header += chunk
+            if len(self.header) > MAX_HEADER_BYTES:
+                raise MalformedResult(f"no header row in the first {MAX_HEADER_BYTES} bytes")
+            return
+        self.header += chunk[: int(ends[0]) - len(self.header)]
+        try:
+            (header,) = CsvParser().feed(bytes(self.header))
+        except ValueError as exc:
+            raise MalformedResult(f"the header row: {exc}") from exc
+        if header not in self.expected_headers:
+            raise MalformedResult(
+                f"the header {header} does not name the columns {self.expected_headers[1]}"
+            )
+
+
+def _write_synced(path: Path, content: bytes) -> None:
+    with path.open("wb") as out:
+        out.write(content)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _publish(temp: Path, final: Path) -> None:

@@ -1,4 +1,4 @@
-"""Athena's CSV form: format_row and the incremental CsvParser."""
+"""Athena's CSV form: format_row, the incremental CsvParser and the RowScanner."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from athenaq.csvformat import CsvParser, Row, format_row
+from athenaq.csvformat import CsvParser, Row, RowScanner, format_row
 
 TRICKY_ROWS: list[Row] = [
     ["id", "text", "maybe"],
@@ -31,6 +31,37 @@ def parse_in_chunks(data: bytes, size: int) -> list[Row]:
     return rows + parser.close()
 
 
+def scan_in_chunks(data: bytes, size: int) -> list[int]:
+    scanner = RowScanner()
+    ends: list[int] = []
+    for start in range(0, len(data), size):
+        ends += scanner.feed(data[start : start + size]).tolist()
+    scanner.close()
+    return ends
+
+
+def line_ends(rows: list[Row]) -> list[int]:
+    """Where each row's line ends, counted in bytes: what RowScanner must find."""
+    ends, total = [], 0
+    for row in rows:
+        total += len(format_row(row).encode())
+        ends.append(total)
+    return ends
+
+
+def random_rows(chance: random.Random) -> list[Row]:
+    pieces = ["a", '"', '""', ",", "\n", "\r", "é", "😀", " "]
+    return [
+        [
+            None
+            if chance.random() < 0.2
+            else "".join(chance.choice(pieces) for _ in range(chance.randint(0, 5)))
+            for _ in range(chance.randint(1, 4))
+        ]
+        for _ in range(chance.randint(0, 4))
+    ]
+
+
 def test_format_row_is_athenas_form() -> None:
     assert format_row([None, "", 'say "hi"', "a,b", "x\ny", "é"]) == (
         ',"","say ""hi""","a,b","x\ny","é"\n'
@@ -46,18 +77,9 @@ def test_round_trip_in_chunks_of_every_size(size: int) -> None:
 
 
 def test_round_trip_of_random_rows() -> None:
-    pieces = ["a", '"', '""', ",", "\n", "\r", "é", "😀", " "]
     chance = random.Random(7)
     for _ in range(300):
-        rows: list[Row] = [
-            [
-                None
-                if chance.random() < 0.2
-                else "".join(chance.choice(pieces) for _ in range(chance.randint(0, 5)))
-                for _ in range(chance.randint(1, 4))
-            ]
-            for _ in range(chance.randint(0, 4))
-        ]
+        rows = random_rows(chance)
         data = "".join(format_row(row) for row in rows).encode()
         assert parse_in_chunks(data, chance.randint(1, 9)) == rows
 
@@ -134,3 +156,54 @@ def test_unquoted_text_is_read_as_text() -> None:
 
 def test_empty_input() -> None:
     assert CsvParser().close() == []
+
+
+@pytest.mark.parametrize("size", [*range(1, 9), 1 << 20])
+def test_scanner_finds_row_ends_in_chunks_of_every_size(size: int) -> None:
+    data = "".join(format_row(row) for row in TRICKY_ROWS).encode()
+    assert scan_in_chunks(data, size) == line_ends(TRICKY_ROWS)
+
+
+def test_scanner_agrees_with_the_parser_on_random_rows() -> None:
+    chance = random.Random(11)
+    for _ in range(300):
+        rows = random_rows(chance)
+        data = "".join(format_row(row) for row in rows).encode()
+        size = chance.randint(1, 9)
+        assert scan_in_chunks(data, size) == line_ends(rows)
+        assert parse_in_chunks(data, size) == rows
+
+
+def test_scanner_on_a_ten_megabyte_cell() -> None:
+    cell = ("x" * 997 + '"\n,') * 10_000  # 10 MB with quotes, newlines and commas
+    rows: list[Row] = [["before", cell, None], ["next"]]
+    data = "".join(format_row(row) for row in rows).encode()
+    assert scan_in_chunks(data, 1 << 20) == line_ends(rows)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'"a","b"',  # no newline after the last field
+        b'"a","b',  # inside a quoted value
+        b'"a""\n',  # inside a quoted value, after an escaped quote
+        b'"a"\n"b\n',  # a newline inside a value never closed
+        b'"a"\n\xc3',  # half a character
+    ],
+)
+def test_scanner_raises_on_truncated_input(data: bytes) -> None:
+    scanner = RowScanner()
+    scanner.feed(data)
+    with pytest.raises(ValueError):
+        scanner.close()
+
+
+def test_scanner_raises_on_invalid_utf8_and_takes_split_characters() -> None:
+    with pytest.raises(ValueError):
+        RowScanner().feed(b'"\xff\xfe"\n')
+    data = format_row(["😀", "é"]).encode()
+    assert scan_in_chunks(data, 1) == [len(data)]
+
+
+def test_scanner_on_empty_input() -> None:
+    assert scan_in_chunks(b"", 5) == []

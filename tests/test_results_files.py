@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
 
 from athenaq.athena import Column, ResultPage
 from athenaq.csvformat import format_row
-from athenaq.results import INDEX_FILE, TEMP_PREFIX, ResultFiles
+from athenaq.results import INDEX_FILE, TEMP_PREFIX, MalformedResult, ResultFiles
 
 COLUMNS = [Column(name="n", type="integer"), Column(name="s", type="varchar")]
 
@@ -25,7 +25,7 @@ def make_rows(count: int) -> list[list[str | None]]:
 
 async def pages_of(
     rows: list[list[str | None]], size: int = 7, fail_after: int | None = None
-) -> AsyncIterator[ResultPage]:
+) -> AsyncGenerator[ResultPage, None]:
     if not rows:
         yield ResultPage(columns=COLUMNS, rows=[])
         return
@@ -33,6 +33,17 @@ async def pages_of(
         if fail_after is not None and start >= fail_after:
             raise OSError("connection reset in the middle of the download")
         yield ResultPage(columns=COLUMNS if start == 0 else None, rows=rows[start : start + size])
+
+
+def athena_csv(rows: list[list[str | None]], header: list[str | None] | None = None) -> bytes:
+    """A result object's bytes, as Athena writes them."""
+    names: list[str | None] = ["n", "s"] if header is None else header
+    return "".join(format_row(row) for row in [names, *rows]).encode()
+
+
+async def chunks_of(data: bytes, size: int) -> AsyncGenerator[bytes, None]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
 
 
 @pytest.fixture
@@ -98,7 +109,7 @@ async def test_zero_rows_is_a_header_only(files: ResultFiles) -> None:
 
 
 async def test_downloads_in_both_formats_and_gzipped(files: ResultFiles) -> None:
-    rows = make_rows(20_000)  # several read chunks, rows split across them
+    rows = make_rows(80_000)  # several read chunks, rows split across them
     await files.write("q", "e", pages_of(rows, size=1000))
     reader = await files.open("q", "e")
     try:
@@ -166,3 +177,60 @@ async def test_a_second_writer_of_the_same_execution_keeps_the_first(files: Resu
         assert (await reader.page(0, 100)).rows == rows
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 1 << 20])
+async def test_a_copied_object_is_stored_as_it_is_with_its_row_index(
+    files: ResultFiles, size: int
+) -> None:
+    rows = make_rows(300)  # newlines, quotes and commas inside values, NULL and ""
+    data = athena_csv(rows)
+    assert await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, size)) == 300
+    directory = files.path("q", "e")
+    assert (directory / "rows.csv").read_bytes() == data
+    # The same index as rows written one by one.
+    await files.write("q", "written", pages_of(rows))
+    written = files.path("q", "written")
+    assert (directory / INDEX_FILE).read_bytes() == (written / INDEX_FILE).read_bytes()
+    assert (directory / "columns.json").read_bytes() == (written / "columns.json").read_bytes()
+    reader = await files.open("q", "e")
+    try:
+        assert reader.row_count == 300
+        assert (await reader.page(0, 1000)).rows == rows
+        assert (await reader.page(297, 10)).rows == rows[297:]
+    finally:
+        reader.close()
+
+
+async def test_a_copied_object_of_zero_rows(files: ResultFiles) -> None:
+    data = athena_csv([])
+    assert await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, 3)) == 0
+    reader = await files.open("q", "e")
+    try:
+        assert reader.row_count == 0 and (await reader.page(0, 10)).rows == []
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        athena_csv(make_rows(10))[:-2],  # cut inside the last row
+        athena_csv(make_rows(10))[:-1],  # no newline at the end
+        b"",  # no header row
+        athena_csv(make_rows(10), header=["n", "other"]),  # not these columns
+        athena_csv(make_rows(10), header=["n"]),
+        athena_csv(make_rows(3)) + b'"\xff"\n',  # not UTF-8
+    ],
+)
+async def test_an_unusable_object_raises_and_leaves_nothing(
+    files: ResultFiles, data: bytes
+) -> None:
+    with pytest.raises(MalformedResult):
+        await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, 7))
+    assert list(files.directory.iterdir()) == []
+
+
+async def test_the_header_may_give_the_labels(files: ResultFiles) -> None:
+    data = athena_csv(make_rows(2), header=["Number", "Text"])
+    assert await files.copy_csv("q", "e", COLUMNS, ["Number", "Text"], chunks_of(data, 4)) == 2

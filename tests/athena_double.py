@@ -10,7 +10,10 @@ Keys: queue_ms, run_ms, hold (RUNNING until released or stopped), fail (reason),
 columns + rows, generate (N rows), scanned_bytes, start_throttle (K throttled starts),
 start_invalid (message), results_delay_ms (per GetQueryResults call), stop_ms (how
 long a stop takes to be confirmed), s3 ("denied", "missing" or "malformed": how S3
-GetObject answers for the result object). A cell of `rows` may be
+GetObject answers for the result object), s3_stall_after (N bytes: S3 GetObject sends
+the first N bytes of the result object, then holds the rest, and the end of the body,
+until the test calls `AthenaDouble.release_s3(execution_id)`; from then on the object is
+served whole; the double stopping lets a held object go too). A cell of `rows` may be
 `{"repeat": "text", "times": N}`, for values too large to put in the SQL.
 
 It also serves S3 GetObject in path style, `GET /<bucket>/<key>`, for the result object
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tornado.httpserver
+import tornado.iostream
 import tornado.netutil
 import tornado.web
 
@@ -212,11 +216,15 @@ class AthenaState:
         self._tokens: dict[str, str] = {}  # ClientRequestToken -> QueryExecutionId
         self._throttled: dict[str, int] = {}  # SQL text -> start_throttle answers given
         self._calls: dict[str, int] = {}
+        self._s3_released: set[str] = set()  # executions whose s3_stall_after was released
+        self._s3_held: dict[str, int] = {}  # GetObject replies now held at the stall
 
     def reset(self) -> None:
         with self._lock:
             for table in (self._executions, self._tokens, self._throttled, self._calls):
                 table.clear()
+            self._s3_released.clear()
+            self._s3_held.clear()
 
     def count(self, operation: str) -> None:
         with self._lock:
@@ -267,6 +275,29 @@ class AthenaState:
             if e.script.get("s3") == "denied":
                 raise ApiError("AccessDenied", "Access Denied", status=403)
             return e, e.script.get("s3")
+
+    def s3_stall_after(self, execution_id: str) -> int | None:
+        """Bytes of the result object GetObject sends before holding the rest; None when
+        the object is served whole (no s3_stall_after, or released)."""
+        with self._lock:
+            e = self._executions.get(execution_id)
+            if e is None or "s3_stall_after" not in e.script or execution_id in self._s3_released:
+                return None
+            return int(e.script["s3_stall_after"])
+
+    def release_s3(self, execution_id: str) -> None:
+        with self._lock:
+            if execution_id not in self._executions:
+                raise KeyError(execution_id)
+            self._s3_released.add(execution_id)
+
+    def s3_hold(self, execution_id: str, change: int) -> None:
+        with self._lock:
+            self._s3_held[execution_id] = self._s3_held.get(execution_id, 0) + change
+
+    def s3_held(self, execution_id: str) -> int:
+        with self._lock:
+            return self._s3_held.get(execution_id, 0)
 
     def results_delay(self, body: Json) -> float:
         with self._lock:
@@ -482,6 +513,10 @@ class _ObjectHandler(_Handler):
     # Rows of the object sent per write, so a generated result is never whole in memory.
     ROWS_PER_WRITE = 1000
 
+    _execution_id = ""
+    _stall_at: int | None = None  # bytes to send before holding the rest (s3_stall_after)
+    _sent = 0
+
     async def get(self, bucket: str, key: str) -> None:
         self.double.state.count("GetObject")
         self.set_header("x-amz-request-id", uuid.uuid4().hex)
@@ -498,19 +533,50 @@ class _ObjectHandler(_Handler):
             )
             return
         self.set_header("Content-Type", "text/csv")
+        self._execution_id = e.id
+        self._stall_at = self.double.state.s3_stall_after(e.id)
         lines = [_csv_line([name for name, _ in e.columns()])]
         count = e.row_count()
-        for i in range(count):
-            lines.append(_csv_line(e.row(i)))
-            if len(lines) >= self.ROWS_PER_WRITE and i < count - 1:
-                self.write("".join(lines).encode())
-                await self.flush()
-                lines = []
-        text = "".join(lines)
-        if mode == "malformed":
-            # Cut inside the last row (or the header): what an interrupted upload leaves.
-            text = text[:-2]
-        self.finish(text.encode())
+        # The client may go away while the object is held (a test killed it).
+        with contextlib.suppress(tornado.iostream.StreamClosedError):
+            for i in range(count):
+                lines.append(_csv_line(e.row(i)))
+                if len(lines) >= self.ROWS_PER_WRITE and i < count - 1:
+                    await self._send("".join(lines).encode())
+                    lines = []
+            text = "".join(lines)
+            if mode == "malformed":
+                # Cut inside the last row (or the header): what an interrupted upload leaves.
+                text = text[:-2]
+            if self._stall_at is None:
+                self.finish(text.encode())
+                return
+            await self._send(text.encode())
+            if self._stall_at is not None:  # N at or past the end: the end of the body waits
+                await self._hold()
+            self.finish()
+
+    async def _send(self, data: bytes) -> None:
+        """Write and flush `data`, holding at the stall point if the object has one."""
+        if self._stall_at is not None and self._sent + len(data) > self._stall_at:
+            cut = self._stall_at - self._sent
+            self.write(data[:cut])
+            await self.flush()
+            self._sent += cut
+            data = data[cut:]
+            await self._hold()
+        self.write(data)
+        await self.flush()
+        self._sent += len(data)
+
+    async def _hold(self) -> None:
+        self._stall_at = None
+        state = self.double.state
+        state.s3_hold(self._execution_id, 1)
+        try:
+            await self.double.s3_released(self._execution_id)
+        finally:
+            state.s3_hold(self._execution_id, -1)
 
 
 class _ReleaseHandler(_Handler):
@@ -559,12 +625,29 @@ class AthenaDouble:
         self._stop_event: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        # Result objects held at their s3_stall_after point; used on the double's loop only.
+        self._s3_gates: dict[str, asyncio.Event] = {}
+        self._stopping = False
 
     # The control API, callable from any thread.
     def release(
         self, execution_id: str, state: str = "SUCCEEDED", reason: str | None = None
     ) -> str:
         return self.state.release(execution_id, state, reason)
+
+    def release_s3(self, execution_id: str) -> None:
+        """Let the execution's result object, held by s3_stall_after, go on: a held
+        GetObject sends the rest, and later ones send it whole. KeyError for unknown ids."""
+        self.state.release_s3(execution_id)
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing is held
+                loop.call_soon_threadsafe(self._open_s3_gate, execution_id)
+
+    def s3_held(self, execution_id: str) -> int:
+        """How many GetObject replies for the execution's object are held at its stall
+        point right now (they sent the first s3_stall_after bytes)."""
+        return self.state.s3_held(execution_id)
 
     def calls(self) -> dict[str, int]:
         return self.state.calls()
@@ -574,6 +657,20 @@ class AthenaDouble:
 
     def reset(self) -> None:
         self.state.reset()
+
+    async def s3_released(self, execution_id: str) -> None:
+        """On the double's loop: return once the execution's object is released (or the
+        double stops)."""
+        # The check and the gate's creation happen in one step of the loop, and
+        # release_s3 opens the gate on the loop after marking the release: none is missed.
+        if self._stopping or self.state.s3_stall_after(execution_id) is None:
+            return
+        await self._s3_gates.setdefault(execution_id, asyncio.Event()).wait()
+
+    def _open_s3_gate(self, execution_id: str) -> None:
+        gate = self._s3_gates.pop(execution_id, None)
+        if gate is not None:
+            gate.set()
 
     @property
     def url(self) -> str:
@@ -603,6 +700,7 @@ class AthenaDouble:
     ) -> None:
         """Serve on the running loop until `stop` (or `self.stop()`) fires."""
         self._loop, self._stop_event = asyncio.get_running_loop(), stop or asyncio.Event()
+        self._stopping = False
         sockets = tornado.netutil.bind_sockets(port, host)
         server = tornado.httpserver.HTTPServer(self.make_app())
         server.add_sockets(sockets)
@@ -613,6 +711,10 @@ class AthenaDouble:
             await self._stop_event.wait()
         finally:
             server.stop()
+            self._stopping = True  # held result objects go on, so their handlers end
+            for gate in self._s3_gates.values():
+                gate.set()
+            self._s3_gates.clear()
             # A handler sleeping out a delay keeps its connection; do not wait forever.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.close_all_connections(), 2)

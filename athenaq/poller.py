@@ -114,7 +114,6 @@ class Poller:
 
     async def _download(self, query_id: str, execution: Execution) -> None:
         async with self._download_slots:
-            started = time.monotonic()
             try:
                 await self.machine.store_results(query_id, execution)
             except Exception:
@@ -123,13 +122,6 @@ class Poller:
                     query_id=query_id,
                     athena_query_execution_id=execution.execution_id,
                 )
-                return
-            logger.info(
-                "results stored",
-                query_id=query_id,
-                athena_query_execution_id=execution.execution_id,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
-            )
 
     async def _fetch(
         self, execution_ids: list[str]

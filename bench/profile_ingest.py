@@ -3,10 +3,11 @@
     python bench/profile_ingest.py --rows 1000000
 
 Runs the benchmark's SQL (bench/results.py) on an in-process local engine, then times, on
-the same result object: the raw streamed GetObject; `Athena.object_pages` (the read plus
-the CSV parse, as the server runs it); the whole `ResultFiles.write` (what the server does
-between Athena's SUCCEEDED and the results stored); and, on one thread without I/O, the
-parse (`CsvParser.feed`) and the rewrite (`format_row`) of every row.
+the same result object: the raw streamed GetObject; `Athena.result_columns` (the one-row
+GetQueryResults for the column types); `Athena.object_chunks` (the read as the server
+runs it, the next chunk read while one is handled); the whole `ResultFiles.copy_csv`
+(what the server does with the chunks: scan, write, sync, rename); and, on one thread
+without I/O, `RowScanner.feed` over the object and the fsync of a copy of it.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiobotocore.session import get_session
 
-from athenaq.athena import S3_CHUNK_BYTES, Athena, Execution, ResultPage
+from athenaq.athena import S3_CHUNK_BYTES, Athena, Execution
 from athenaq.config import AthenaConfig, S3Config
-from athenaq.csvformat import CsvParser, format_row
+from athenaq.csvformat import RowScanner
 from athenaq.local import LocalEngine
 from athenaq.logs import setup_logging
 from athenaq.results import ResultFiles
@@ -57,10 +57,6 @@ async def run_query(endpoint: str, sql: str) -> str:
             await asyncio.sleep(0.1)
 
 
-async def count_rows(pages: AsyncIterator[ResultPage]) -> int:
-    return sum([len(page.rows) async for page in pages])
-
-
 async def profile(rows: int, work: Path) -> None:
     engine = LocalEngine(work / "engine")
     endpoint = await engine.start("127.0.0.1", 0)
@@ -82,27 +78,40 @@ async def profile(rows: int, work: Path) -> None:
             report("raw GetObject, streamed", started)
 
             started = time.perf_counter()
-            counted = await count_rows(athena.object_pages(execution))
-            report(f"object_pages: read + parse ({counted:,} rows)", started)
+            columns, labels = await athena.result_columns(execution_id)
+            report("result_columns: GetQueryResults, MaxResults=1", started)
+
+            started = time.perf_counter()
+            read = 0
+            async for chunk in athena.object_chunks(execution):
+                read += len(chunk)
+            report(f"object_chunks: the read alone ({read / 2**20:.1f} MB)", started)
 
             started = time.perf_counter()
             files = ResultFiles(work / "results")
             files.prepare()
-            stored = await files.write("q", execution_id, athena.object_pages(execution))
-            report(f"ResultFiles.write: the whole ingest ({stored:,} rows)", started)
+            stored = await files.copy_csv(
+                "q", execution_id, columns, labels, athena.object_chunks(execution)
+            )
+            report(f"ResultFiles.copy_csv: read, scan, write, sync ({stored:,} rows)", started)
 
         data = path.read_bytes()
-        parser = CsvParser()
-        parsed = []
+        scanner = RowScanner()
         started = time.perf_counter()
-        for at in range(0, len(data), S3_CHUNK_BYTES):
-            parsed += parser.feed(data[at : at + S3_CHUNK_BYTES])
-        parsed += parser.close()
-        report("CsvParser.feed alone, one thread", started)
+        ends = sum(
+            len(scanner.feed(data[at : at + S3_CHUNK_BYTES]))
+            for at in range(0, len(data), S3_CHUNK_BYTES)
+        )
+        scanner.close()
+        report(f"RowScanner.feed alone, one thread ({ends:,} row ends)", started)
 
-        started = time.perf_counter()
-        written = sum(len(format_row(row).encode()) for row in parsed)
-        report(f"format_row + encode alone, one thread ({written / 2**20:.1f} MB)", started)
+        copy = work / "copy.csv"
+        with copy.open("wb") as out:
+            out.write(data)
+            started = time.perf_counter()
+            out.flush()
+            os.fsync(out.fileno())
+        report("fsync of a copy of the object", started)
     finally:
         await engine.stop()
 

@@ -227,6 +227,7 @@ class Figures:
     object_bytes: int = 0
     raw_seconds: float = 0.0
     ingest_seconds: float = 0.0
+    stored_after_seconds: float = 0.0
     idle_rss: int = 0
     ingest_rss: int = 0
     download_rss: int = 0
@@ -269,8 +270,10 @@ class Bench:
         rss: RssSampler,
         endpoint: str,
         engine_pid: int,
+        server_log: Path,
     ) -> None:
         self.http = http
+        self.server_log = server_log
         self.s3 = s3
         self.base = base
         self.rss = rss
@@ -343,6 +346,16 @@ class Bench:
             times.append(time.perf_counter() - started)
         return statistics.median(times)
 
+    def ingest_seconds(self, query_id: str) -> float:
+        """The server's own measure of the ingest, from its log: from the first call for
+        the results (the column types) to the result file renamed into place."""
+        for line in self.server_log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("message") == "results stored" and record["query_id"] == query_id:
+                    return float(record["duration_ms"]) / 1000
+        raise RuntimeError(f"no 'results stored' line for {query_id} in {self.server_log}")
+
     async def raw_object(self, key: str) -> int:
         response = await self.s3.get_object(Bucket=BUCKET, Key=key)
         size = 0
@@ -371,9 +384,10 @@ class Bench:
             raise RuntimeError(f"{rows} rows asked, {status['row_count']} stored, {downloaded}")
         if status["results_source"] != "s3":
             raise RuntimeError(f"results came from {status['results_source']}, not S3")
-        # From Athena's completion to the results stored: includes up to one poller
-        # interval (0.2 s) before the server sees the SUCCEEDED, as any client would.
-        figures.ingest_seconds = (
+        figures.ingest_seconds = self.ingest_seconds(query_id)
+        # What a client waits after Athena's completion: the ingest, plus up to one
+        # poller interval (0.2 s) before the server sees the SUCCEEDED.
+        figures.stored_after_seconds = (
             utc(status["results_at"]) - utc(status["completed_at"])
         ).total_seconds()
         figures.engine_seconds = status["statistics"]["total_execution_ms"] / 1000
@@ -468,7 +482,11 @@ def report(results: list[Figures]) -> str:
         "|---|" + "---:|" * len(results),
         row("result object (MB)", lambda f: f"{f.object_bytes / MB:.1f}"),
         row("raw S3 GetObject, streamed (s)", lambda f: f"{f.raw_seconds:.2f}"),
-        row("ingest, Athena done to stored (s)", lambda f: f"{f.ingest_seconds:.2f}"),
+        row("ingest, server's own measure (s)", lambda f: f"{f.ingest_seconds:.2f}"),
+        row(
+            "stored after Athena's completion, poll included (s)",
+            lambda f: f"{f.stored_after_seconds:.2f}",
+        ),
         row("server CPU, submit to SUCCEEDED (s)", lambda f: f"{f.ingest_cpu_seconds:.2f}"),
         row(
             f"ingest / raw (goal <= {INGEST_RATIO_MAX})",
@@ -561,7 +579,12 @@ def _speedup(f: Figures) -> str:
 
 
 async def measure(
-    endpoint: str, engine_pid: int, base: str, rss: RssSampler, args: argparse.Namespace
+    endpoint: str,
+    engine_pid: int,
+    base: str,
+    server_log: Path,
+    rss: RssSampler,
+    args: argparse.Namespace,
 ) -> str:
     results = []
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
@@ -575,7 +598,7 @@ async def measure(
             aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         ) as s3,
     ):
-        bench = Bench(http, s3, base, rss, endpoint, engine_pid)
+        bench = Bench(http, s3, base, rss, endpoint, engine_pid, server_log)
         for rows in args.rows:
             started = time.perf_counter()
             results.append(await bench.run(rows, args.pyathena_max_rows))
@@ -638,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         base = wait_for_line("athenaq", server, server_log, server_url)
         with RssSampler(server.pid) as rss:
-            table = asyncio.run(measure(endpoint, engine.pid, base, rss, args))
+            table = asyncio.run(measure(endpoint, engine.pid, base, server_log, rss, args))
         print(table)
         return 0
     except Exception as exc:

@@ -370,6 +370,15 @@ class ResultReader:
             if chunk:
                 yield chunk
 
+    def checked(self, rows: list[Row]) -> list[Row]:
+        """`rows`, once each is seen to hold a value per column: the ingest checked the
+        object's rows end where the index says, not what is in them."""
+        width = len(self.columns)
+        for row in rows:
+            if len(row) != width:
+                raise MalformedResult(f"a stored row of {len(row)} values, not {width}")
+        return rows
+
     def _offset(self, row: int) -> int:
         self.index.seek(row * OFFSET_BYTES)
         return int.from_bytes(self.index.read(OFFSET_BYTES), "little")
@@ -385,7 +394,7 @@ class ResultReader:
         end = int.from_bytes(raw[-OFFSET_BYTES:], "little")
         self.data.seek(start)
         parser = CsvParser()
-        rows = parser.feed(self.data.read(end - start))
+        rows = self.checked(parser.feed(self.data.read(end - start)))
         parser.close()
         return Page(offset=offset, rows=rows, row_count=self.row_count)
 
@@ -431,7 +440,7 @@ class _Chunks:
     def _convert(self, raw: bytes) -> bytes:
         if self.fmt == "csv":
             return raw
-        return b"".join(_json_line(row) for row in self.parser.feed(raw))
+        return b"".join(_json_line(row) for row in self.reader.checked(self.parser.feed(raw)))
 
 
 def _json_line(item: Any) -> bytes:

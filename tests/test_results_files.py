@@ -234,3 +234,21 @@ async def test_an_unusable_object_raises_and_leaves_nothing(
 async def test_the_header_may_give_the_labels(files: ResultFiles) -> None:
     data = athena_csv(make_rows(2), header=["Number", "Text"])
     assert await files.copy_csv("q", "e", COLUMNS, ["Number", "Text"], chunks_of(data, 4)) == 2
+
+
+async def test_a_stored_row_of_the_wrong_width_is_refused_when_read(files: ResultFiles) -> None:
+    # Whole and balanced, so stored; what is inside each row is checked when it is read.
+    data = athena_csv([["1", "a"], ["2"], ["3", "c"]])
+    assert await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, 5)) == 3
+    reader = await files.open("q", "e")
+    try:
+        assert (await reader.page(0, 1)).rows == [["1", "a"]]
+        assert (await reader.page(2, 1)).rows == [["3", "c"]]
+        with pytest.raises(MalformedResult, match="1 values, not 2"):
+            await reader.page(0, 3)
+        with pytest.raises(MalformedResult):
+            [chunk async for chunk in reader.download("jsonl", gzip=False)]
+        csv = b"".join([chunk async for chunk in reader.download("csv", gzip=False)])
+        assert csv == data  # the bytes as stored, for the client to judge
+    finally:
+        reader.close()

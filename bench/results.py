@@ -61,6 +61,7 @@ DOWNLOAD_REPEATS = 3
 # own ingest asks of S3, so neither client is favoured by its buffer.
 READ_BYTES = 1024 * 1024
 CLIENT_POLL_SECONDS = 0.1
+HEALTH_PROBE_SECONDS = 0.05
 RSS_SAMPLE_SECONDS = 0.02
 START_TIMEOUT_SECONDS = 30.0
 MB = 1024 * 1024
@@ -228,6 +229,7 @@ class Figures:
     raw_seconds: float = 0.0
     ingest_seconds: float = 0.0
     stored_after_seconds: float = 0.0
+    slowest_health_seconds: float = 0.0
     idle_rss: int = 0
     ingest_rss: int = 0
     download_rss: int = 0
@@ -298,6 +300,18 @@ class Bench:
             if status["state"] in ("FAILED", "CANCELLED"):
                 raise RuntimeError(f"query {query_id}: {status['state']}: {status['state_reason']}")
             await asyncio.sleep(CLIENT_POLL_SECONDS)
+
+    async def slowest_health(self, done: asyncio.Event) -> float:
+        """The longest answer to GET /health, asked every 50 ms until `done`: how long the
+        server's event loop was held at worst."""
+        slowest = 0.0
+        while not done.is_set():
+            started = time.perf_counter()
+            async with self.http.get(f"{self.base}/health") as response:
+                await response.read()
+            slowest = max(slowest, time.perf_counter() - started)
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+        return slowest
 
     async def download_rows(self, query_id: str) -> int:
         """The full CSV download parsed into rows in the client (the header included)."""
@@ -373,8 +387,12 @@ class Bench:
         started = time.perf_counter()
         cpu = self.rss.cpu_seconds()
         with self.rss.window() as ingest_peak:
+            done = asyncio.Event()
+            probe = asyncio.create_task(self.slowest_health(done))
             query_id = await self.submit(sql)
             status = await self.wait_succeeded(query_id)
+            done.set()
+            figures.slowest_health_seconds = await probe
         figures.ingest_cpu_seconds = self.rss.cpu_seconds() - cpu
         with self.rss.window() as first_download_peak:
             downloaded = await self.download_rows(query_id)
@@ -488,6 +506,10 @@ def report(results: list[Figures]) -> str:
             lambda f: f"{f.stored_after_seconds:.2f}",
         ),
         row("server CPU, submit to SUCCEEDED (s)", lambda f: f"{f.ingest_cpu_seconds:.2f}"),
+        row(
+            "slowest GET /health, submit to SUCCEEDED (ms)",
+            lambda f: f"{f.slowest_health_seconds * 1000:.1f}",
+        ),
         row(
             f"ingest / raw (goal <= {INGEST_RATIO_MAX})",
             lambda f: _ratio(f.ingest_seconds / f.raw_seconds, lambda r: r <= INGEST_RATIO_MAX),

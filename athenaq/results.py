@@ -30,10 +30,9 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 import uuid
 import zlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, TypeVar
@@ -60,6 +59,7 @@ WRITE_BATCH_BYTES = 1024 * 1024
 Row = list[str | None]
 DownloadFormat = Literal["csv", "jsonl"]
 T = TypeVar("T")
+R = TypeVar("R")
 T_contra = TypeVar("T_contra", contravariant=True)
 
 
@@ -117,11 +117,10 @@ class ResultFiles:
         """Feed every item to a writer in a temporary directory, renamed to the
         execution's result once complete; returns the row count. When another process
         stored the same execution first, its result is kept."""
-        temp = Path(
-            await asyncio.to_thread(tempfile.mkdtemp, prefix=TEMP_PREFIX, dir=self.directory)
-        )
+        temp = self.directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            writer = await asyncio.to_thread(open_writer, temp)
+            await _to_thread_whole(temp.mkdir)
+            writer = await _to_thread_whole(open_writer, temp, undo=lambda w: w.close())
             try:
                 async with contextlib.aclosing(items):
                     async for item in items:
@@ -131,14 +130,18 @@ class ResultFiles:
                 await writer.close()
             await asyncio.to_thread(_publish, temp, self.path(query_id, execution_id))
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, temp, True)
+            await _to_thread_whole(shutil.rmtree, temp, True)
             raise
         return rows
 
     async def open(self, query_id: str, execution_id: str) -> ResultReader:
         """The execution's result, opened; FileNotFoundError when it is gone (refreshed
         meanwhile). Once open it stays readable to the end even if deleted."""
-        return await asyncio.to_thread(ResultReader, self.path(query_id, execution_id))
+        return await _to_thread_whole(
+            ResultReader,
+            self.path(query_id, execution_id),
+            undo=lambda reader: asyncio.to_thread(reader.close),
+        )
 
     async def delete(self, query_id: str, execution_id: str | None) -> None:
         if execution_id:
@@ -146,6 +149,29 @@ class ResultFiles:
                 "deleting results", query_id=query_id, athena_query_execution_id=execution_id
             )
             await asyncio.to_thread(_remove, self.path(query_id, execution_id))
+
+
+async def _to_thread_whole(
+    func: Callable[..., R], /, *args: Any, undo: Callable[[R], Awaitable[object]] | None = None
+) -> R:
+    """`func(*args)` on a worker thread, as asyncio.to_thread, but see `_whole`."""
+    return await _whole(asyncio.ensure_future(asyncio.to_thread(func, *args)), undo)
+
+
+async def _whole(
+    work: asyncio.Future[R], undo: Callable[[R], Awaitable[object]] | None = None
+) -> R:
+    """The result of `work`; when the caller is cancelled, it waits for `work` to end
+    first, then `undo`es what it made. A worker thread cannot be stopped: a file it
+    opened after its caller gave up would stay open, since nobody would close it."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            made = await work
+            if undo is not None:
+                await undo(made)
+        raise
 
 
 class MalformedResult(ValueError):
@@ -197,10 +223,10 @@ class _RowWriter:
         self._buffered = 0
 
     async def add(self, page: ResultPage) -> None:
-        await asyncio.to_thread(self._add, page)
+        await _to_thread_whole(self._add, page)
 
     async def finish(self) -> int:
-        return await asyncio.to_thread(self._finish)
+        return await _to_thread_whole(self._finish)
 
     async def close(self) -> None:
         if self.files is not None:
@@ -280,7 +306,7 @@ class _CsvCopier:
         if not self.row_ends:
             # Even a 0-row SELECT has a header row; only DDL writes nothing (and no CSV).
             raise MalformedResult("no header row")
-        await asyncio.to_thread(self.files.sync)
+        await _to_thread_whole(self.files.sync)
         return self.row_ends - 1
 
     async def close(self) -> None:
@@ -291,9 +317,9 @@ class _CsvCopier:
             await asyncio.to_thread(self.files.close)
 
     async def _written(self) -> None:
-        """Wait for the write of the previous chunk."""
+        """Wait for the write of the previous chunk (to its end, even when cancelled)."""
         if self._writing is not None:
-            await self._writing
+            await _whole(self._writing)
             self._writing = None
 
     def _write(self, chunk: bytes, ends: npt.NDArray[np.uint64]) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import json
+import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -24,7 +27,10 @@ def make_rows(count: int) -> list[list[str | None]]:
 
 
 async def pages_of(
-    rows: list[list[str | None]], size: int = 7, fail_after: int | None = None
+    rows: list[list[str | None]],
+    size: int = 7,
+    fail_after: int | None = None,
+    never_ends: bool = False,
 ) -> AsyncGenerator[ResultPage, None]:
     if not rows:
         yield ResultPage(columns=COLUMNS, rows=[])
@@ -33,6 +39,8 @@ async def pages_of(
         if fail_after is not None and start >= fail_after:
             raise OSError("connection reset in the middle of the download")
         yield ResultPage(columns=COLUMNS if start == 0 else None, rows=rows[start : start + size])
+    if never_ends:
+        await asyncio.Event().wait()
 
 
 def athena_csv(rows: list[list[str | None]], header: list[str | None] | None = None) -> bytes:
@@ -252,3 +260,40 @@ async def test_a_stored_row_of_the_wrong_width_is_refused_when_read(files: Resul
         assert csv == data  # the bytes as stored, for the client to judge
     finally:
         reader.close()
+
+
+def open_files_under(directory: Path) -> list[str]:
+    """The files this process holds open below `directory`."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd is gone by now
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [p for p in paths if p.startswith(str(directory))]
+
+
+async def endless_chunks(data: bytes) -> AsyncGenerator[bytes, None]:
+    """The object's first bytes, then nothing more: a read that never ends."""
+    yield data
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("writer", ["copy", "rows"])
+async def test_a_cancelled_write_leaves_no_file_open_and_nothing_behind(
+    files: ResultFiles, writer: str
+) -> None:
+    # A service stopping abandons the downloads in flight: whenever the cancel lands,
+    # at the open, at a write, waiting for the object, nothing may stay open or behind.
+    rows = make_rows(2000)
+    for turns in range(40):
+        if writer == "copy":
+            work = files.copy_csv("q", "e", COLUMNS, ["n", "s"], endless_chunks(athena_csv(rows)))
+        else:
+            work = files.write("q", "e", pages_of(rows, size=100, never_ends=True))
+        task = asyncio.create_task(work)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert open_files_under(files.directory) == []
+        assert list(files.directory.iterdir()) == []

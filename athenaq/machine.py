@@ -370,8 +370,15 @@ class Machine:
                         reason=f"Athena refused the query: {exc}",
                         changes={"completed_at": utcnow()},
                     )
+                    return
+                # Throttled, or Athena out of reach (no credentials, no network): the
+                # poller tries again at its next tick, and the status says why meanwhile.
+                waiting = f"not sent to Athena yet, trying again: {exc}"
+                if current.state_reason != waiting:
+                    await self.store.update(current, {"state_reason": waiting})
                 return
-            if await self.store.update(current, {"athena_execution_id": execution_id}):
+            sent = {"athena_execution_id": execution_id, "state_reason": None}
+            if await self.store.update(current, sent):
                 logger.info(
                     "sent to Athena", query_id=query_id, athena_query_execution_id=execution_id
                 )

@@ -93,14 +93,23 @@ async def test_throttled_starts_stay_queued_until_athena_has_room(
             lambda: endpoint.calls().get("StartQueryExecution", 0) >= 4,
             what="a throttled start",
         )
-        waiting = await client.status(waiting["id"])
+
+        async def says_why() -> dict | None:
+            status = await client.status(waiting["id"])
+            return status if status["state_reason"] else None
+
+        # Still QUEUED, unsent, and its status says why.
+        waiting = await wait_for(says_why, what="a reason for the wait")
         assert waiting["state"] == "QUEUED"
         assert waiting["athena_query_execution_id"] is None
+        assert waiting["state_reason"].startswith("not sent to Athena yet, trying again")
+        assert "TooManyRequestsException" in waiting["state_reason"]
         response = await client.request("POST", f"/query/{running[0]['id']}/cancel")
         assert body(response)["state"] == "CANCELLED"
         endpoint.release(running[1]["athena_query_execution_id"])
         status = await client.wait_state(waiting["id"], "RUNNING", timeout=30)
         assert status["athena_query_execution_id"] is not None
+        assert status["state_reason"] is None
         # Stopped while its endpoint still answers: a poll in flight to a closed endpoint
         # would hold the stop for the length of the client's retries.
         await service.stop()

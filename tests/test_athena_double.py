@@ -21,6 +21,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
 from tests.athena_double import AthenaDouble
+from tests.conftest import wait_for
 
 OUTPUT = "s3://results-bucket/athenaq/"
 
@@ -63,22 +64,20 @@ async def start(client: Any, sql: str, **extra: Any) -> str:
     return str(reply["QueryExecutionId"])
 
 
-POLL_SECONDS = 0.01
-
-
 async def status(client: Any, qid: str) -> dict[str, Any]:
     reply = await client.get_query_execution(QueryExecutionId=qid)
     return dict(reply["QueryExecution"]["Status"])
 
 
 async def wait_for_state(client: Any, qid: str, *states: str) -> str:
-    """Poll until the query is in one of `states`; TimeoutError after 10 s."""
-    async with asyncio.timeout(10):
-        while True:
-            state = str((await status(client, qid))["State"])
-            if state in states:
-                return state
-            await asyncio.sleep(POLL_SECONDS)
+    """Poll until the query is in one of `states`; fails after 10 s."""
+
+    async def reached() -> str | None:
+        state = str((await status(client, qid))["State"])
+        return state if state in states else None
+
+    found: str = await wait_for(reached, timeout=10, what=f"{qid} in {states}")
+    return found
 
 
 def control(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -103,11 +102,13 @@ async def test_scripted_timeline(endpoint: AthenaDouble) -> None:
     async with athena(endpoint.url) as client:
         qid = await start(client, sql, WorkGroup="wg1")
         # A busy machine may miss a phase between two calls; what it sees keeps the order.
-        seen = [str((await status(client, qid))["State"])]
-        async with asyncio.timeout(10):
-            while seen[-1] != "SUCCEEDED":
-                seen.append(str((await status(client, qid))["State"]))
-                await asyncio.sleep(POLL_SECONDS)
+        seen: list[str] = []
+
+        async def succeeded() -> bool:
+            seen.append(str((await status(client, qid))["State"]))
+            return seen[-1] == "SUCCEEDED"
+
+        await wait_for(succeeded, timeout=10, what=f"{qid} SUCCEEDED")
         assert seen == sorted(seen, key=order.index)
         execution = (await client.get_query_execution(QueryExecutionId=qid))["QueryExecution"]
     assert execution["Query"] == sql and execution["WorkGroup"] == "wg1"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,11 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from athenaq.local import LocalEngine
+from tests.conftest import wait_for
 
 # Far more rows than any machine counts within a test's lifetime: it runs until stopped.
 LONG_SQL = "SELECT count(*) FROM range(20000000000000)"
 FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
-POLL_SECONDS = 0.01
 TRICKY_SQL = (
     "SELECT NULL::VARCHAR AS n, '' AS e, 'say \"hi\"' AS q, 'a,b' AS c, "
     "E'line1\\nline2' AS nl, 'héllo ☃ 😀' AS u, 42 AS i, true AS b, DATE '2024-01-02' AS d, "
@@ -96,15 +95,14 @@ async def wait_state(
     athena: Any, query_id: str, states: frozenset[str] | set[str], timeout: float = 15
 ) -> dict[str, Any]:
     """The execution once its state is one of `states`; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def reached() -> dict[str, Any] | None:
         response = await athena.get_query_execution(QueryExecutionId=query_id)
         execution: dict[str, Any] = response["QueryExecution"]
-        if execution["Status"]["State"] in states:
-            return execution
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{query_id} still {execution['Status']['State']}, not {states}")
-        await asyncio.sleep(POLL_SECONDS)
+        return execution if execution["Status"]["State"] in states else None
+
+    found: dict[str, Any] = await wait_for(reached, timeout, f"{query_id} in {states}")
+    return found
 
 
 async def run(athena: Any, sql: str, **params: Any) -> dict[str, Any]:

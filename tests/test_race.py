@@ -21,6 +21,9 @@ from tests.conftest import Client, body, make_config, wait_for
 
 ROUNDS = 200
 CONCURRENT = 25
+# Where in a query's life its cancel lands: at once (QUEUED, maybe not sent yet), once
+# athenaq saw it RUNNING, or once Athena has finished it (racing the results download).
+CANCEL_POINTS = ("submitted", "RUNNING", "done in Athena")
 Q = QueryState
 
 
@@ -52,7 +55,7 @@ async def test_cancel_racing_completion_never_cancels_a_completed_query(
             f'{{"run_ms": {rng.randint(0, 600)}, "results_delay_ms": {rng.randint(0, 30)}}}'
         )
         query_id = await submit_via.submit(sql)
-        await asyncio.sleep(rng.uniform(0, 0.3))  # vary where in the query's life the cancel lands
+        await reach(rng.choice(CANCEL_POINTS), submit_via, query_id)
         response = await cancel_via.request("POST", f"/query/{query_id}/cancel")
         final = await submit_via.wait_state(
             query_id, "SUCCEEDED", "CANCELLED", "FAILED", timeout=30
@@ -78,6 +81,18 @@ async def test_cancel_racing_completion_never_cancels_a_completed_query(
                 lambda: not list(Path(config.results.dir).glob(f"{query_id}.*")),
                 what="no stray result file",
             )
+
+    async def reach(point: str, client: Client, query_id: str) -> None:
+        """Wait until the query is at `point` of its life, where the cancel then lands."""
+        if point == "RUNNING":
+            await client.wait_state(query_id, "RUNNING", "SUCCEEDED", "FAILED")
+        elif point == "done in Athena":
+            # Athena has finished it; athenaq may be storing its results: the race itself.
+            async def done_in_athena() -> bool:
+                execution_id = (await client.status(query_id))["athena_query_execution_id"]
+                return bool(execution_id) and double.execution(execution_id)["state"] != "RUNNING"
+
+            await wait_for(done_in_athena, what=f"{query_id} done in Athena")
 
     try:
         for start in range(0, ROUNDS, CONCURRENT):

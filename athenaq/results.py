@@ -19,7 +19,8 @@ row ends are looked for (RowScanner), since they are the index. The
 directory is written under a temporary name and renamed in one
 step, so a reader sees a whole result or none, a crash leaves only a temporary
 directory (which `prepare` removes), and a refreshed query never finds its old
-result under the new name. All file I/O runs on worker threads, in batches.
+result under the new name. All file I/O but the opening of a
+result's files being written (see _Files) runs on worker threads, in batches.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class ResultFiles:
         temp = self.directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             await _to_thread_whole(temp.mkdir)
-            writer = await _to_thread_whole(open_writer, temp, undo=lambda w: w.close())
+            writer = open_writer(temp)
             try:
                 async with contextlib.aclosing(items):
                     async for item in items:
@@ -179,8 +180,8 @@ class MalformedResult(ValueError):
 
 
 class _Writer(Protocol[T_contra]):
-    """Writes one result's files in a directory. It is made on a worker thread; its
-    methods put their file I/O on worker threads."""
+    """Writes one result's files in a directory. It opens them on the event loop (see
+    _Files); its methods put the rest of the file I/O on worker threads."""
 
     async def add(self, item: T_contra) -> None: ...
 
@@ -192,18 +193,33 @@ class _Writer(Protocol[T_contra]):
 
 
 class _Files:
-    """The three files of a result being written."""
+    """The three files of a result being written.
+
+    They are opened on the event loop (an open and a small write: microseconds, no
+    sync), so that the coroutine that will close them owns them from the first instant,
+    with no worker thread between the open and the `finally` that closes them."""
 
     def __init__(self, directory: Path, columns: list[Column]) -> None:
         header = {"columns": [{"name": c.name, "type": c.type} for c in columns]}
-        _write_synced(directory / COLUMNS_FILE, json.dumps(header, ensure_ascii=False).encode())
+        self.columns_path = directory / COLUMNS_FILE
+        self.columns_path.write_bytes(json.dumps(header, ensure_ascii=False).encode())
         self.data = (directory / DATA_FILE).open("wb")
-        self.index = (directory / INDEX_FILE).open("wb")
+        try:
+            self.index = (directory / INDEX_FILE).open("wb")
+        except BaseException:
+            self.data.close()
+            raise
 
     def sync(self) -> None:
+        """Make the three files durable (on a worker thread)."""
         for out in (self.data, self.index):
             out.flush()
             os.fsync(out.fileno())
+        fd = os.open(self.columns_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self.data.close()
@@ -223,20 +239,24 @@ class _RowWriter:
         self._buffered = 0
 
     async def add(self, page: ResultPage) -> None:
+        self._open(page.columns or [])
         await _to_thread_whole(self._add, page)
 
     async def finish(self) -> int:
+        self._open([])
         return await _to_thread_whole(self._finish)
 
     async def close(self) -> None:
         if self.files is not None:
             await asyncio.to_thread(self.files.close)
 
-    def _add(self, page: ResultPage) -> None:
+    def _open(self, columns: list[Column]) -> None:
+        """Open the files at the first page, which names the columns (none without one)."""
         if self.files is None:
-            columns = page.columns or []
             self.files = _Files(self.directory, columns)
             self._line([c.name for c in columns])
+
+    def _add(self, page: ResultPage) -> None:
         for row in page.rows:
             self._index_buffer += self.offset.to_bytes(OFFSET_BYTES, "little")
             self._line(row)
@@ -245,8 +265,6 @@ class _RowWriter:
             self._flush()
 
     def _finish(self) -> int:
-        if self.files is None:
-            self._add(ResultPage(columns=[], rows=[]))
         self._index_buffer += self.offset.to_bytes(OFFSET_BYTES, "little")
         self._flush()
         assert self.files is not None
@@ -341,13 +359,6 @@ class _CsvCopier:
             raise MalformedResult(
                 f"the header {header} does not name the columns {self.expected_headers[1]}"
             )
-
-
-def _write_synced(path: Path, content: bytes) -> None:
-    with path.open("wb") as out:
-        out.write(content)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def _publish(temp: Path, final: Path) -> None:

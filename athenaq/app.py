@@ -18,11 +18,15 @@ from athenaq.auth import AllowEveryone, Authorizer
 from athenaq.config import EMBEDDED, Config, S3Config
 from athenaq.handlers import health, queries
 from athenaq.handlers.base import Context, NotFoundHandler
+from athenaq.ingest import Ingest
+from athenaq.launcher import Launcher
 from athenaq.logs import log_request
+from athenaq.lookup import Lookup
 from athenaq.machine import Machine
 from athenaq.poller import Poller
 from athenaq.results import ResultFiles
 from athenaq.store import Store
+from athenaq.tasks import TaskRegistry
 
 # Where the embedded local engine keeps the result objects Athena would put in S3.
 LOCAL_ENGINE_DIR = "_local_engine"
@@ -54,7 +58,7 @@ class Service:
         self.port = 0
         self._stack = contextlib.AsyncExitStack()
         self._server: HTTPServer | None = None
-        self.machine: Machine | None = None
+        self.tasks = TaskRegistry()
         self.poller: Poller | None = None
         self._ctx: Context | None = None
 
@@ -71,21 +75,32 @@ class Service:
             results = ResultFiles(config.results.dir)
             athena = await self._stack.enter_async_context(await self._open_athena(results))
             await asyncio.to_thread(results.prepare)
-            self.machine = Machine(
+            lookup = Lookup(store, results)
+            machine = Machine(
                 store,
                 athena,
                 results,
+                Ingest(athena, results),
+                lookup,
                 database=config.athena.database,
                 workgroup=config.athena.workgroup,
-                retry_after=max(1.0, config.poller.interval_seconds),
             )
-            self._ctx = Context(machine=self.machine, authorizer=self.authorizer)
+            launcher = Launcher(store, athena, machine, self.tasks)
+            self._ctx = Context(
+                machine=machine,
+                lookup=lookup,
+                launcher=launcher,
+                authorizer=self.authorizer,
+                retry_after=max(1, round(config.poller.interval_seconds)),
+            )
             app = make_app(self._ctx)
             sockets = bind_sockets(config.server.port, config.server.host)
             self.port = sockets[0].getsockname()[1]
             self._server = HTTPServer(app, max_body_size=100 * 1024 * 1024)
             self._server.add_sockets(sockets)
-            self.poller = Poller(self.machine, config.poller.interval_seconds)
+            self.poller = Poller(
+                store, athena, machine, launcher, self.tasks, config.poller.interval_seconds
+            )
             self.poller.start()
         except BaseException:
             await self._stack.aclose()
@@ -129,7 +144,7 @@ class Service:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._ctx.in_flight.idle(), DRAIN_SECONDS)
             await self._server.close_all_connections()
-        if self.machine is not None:
-            await self.machine.drain()
+        # Starts that requests in flight asked for.
+        await self.tasks.wait()
         await self._stack.aclose()
         logger.info("stopped", duration_ms=round((time.monotonic() - started) * 1000, 1))

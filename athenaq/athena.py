@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from loguru import logger
 
 from athenaq.config import AthenaConfig, S3Config
+from athenaq.resultset import Column, ResultPage
 
 # botocore's default "legacy" mode does not retry TooManyRequestsException; standard does.
 CLIENT_CONFIG = AioConfig(
@@ -47,6 +48,9 @@ PAGE_ROWS = 1000
 # Bytes asked of the S3 body per read: large enough that the hop to a worker thread per
 # chunk costs nothing next to storing it, small enough to bound the memory of one read.
 S3_CHUNK_BYTES = 1024 * 1024
+# Pauses (seconds) between the checks of a stop's confirmation: Athena confirms a stop
+# within moments, and a client would rather hear "cancelled" than "cancel requested".
+STOP_CONFIRM_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4)
 THROTTLING_CODES = frozenset({"TooManyRequestsException", "ThrottlingException"})
 
 
@@ -97,19 +101,16 @@ class Execution:
     # The result object's S3 URI, `<OutputLocation><QueryExecutionId>.csv` for a SELECT.
     output_location: str | None = None
 
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str
-
-
-@dataclass(frozen=True)
-class ResultPage:
-    """One GetQueryResults page; `columns` is set on the first page only."""
-
-    columns: list[Column] | None
-    rows: list[list[str | None]]
+    @property
+    def statistics(self) -> dict[str, Any]:
+        """When it ended and what it cost, as the query's record keeps them."""
+        return {
+            "completed_at": self.completed_at,
+            "data_scanned_bytes": self.data_scanned_bytes,
+            "engine_execution_ms": self.engine_execution_ms,
+            "queue_ms": self.queue_ms,
+            "total_execution_ms": self.total_execution_ms,
+        }
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:
@@ -242,6 +243,20 @@ class Athena:
     async def get(self, execution_id: str) -> Execution:
         response = await self._call("get_query_execution", QueryExecutionId=execution_id)
         return _execution(response["QueryExecution"])
+
+    async def settled(self, execution_id: str) -> Execution | None:
+        """Athena's view of a just-stopped execution, asked a few times over a short while
+        until it is no longer QUEUED or RUNNING; None when Athena never answered."""
+        execution = None
+        for delay in STOP_CONFIRM_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                execution = await self.get(execution_id)
+            except AthenaCallError:
+                continue
+            if execution.state not in ("QUEUED", "RUNNING"):
+                break
+        return execution
 
     async def batch_get(self, execution_ids: Sequence[str]) -> tuple[list[Execution], list[str]]:
         """Up to 50 executions in one call; also returns the ids Athena did not process."""

@@ -65,10 +65,9 @@ class QueryRunning(ApiError):
     status = 409
     code = "query_running"
 
-    def __init__(self, query_id: str, state: str, retry_after: float) -> None:
+    def __init__(self, query_id: str, state: str) -> None:
+        # The handlers add Retry-After: when a new answer is worth asking for.
         super().__init__(f"query {query_id} is still {state}", state=state)
-        # Tell polling clients when a new answer is worth asking for.
-        self.headers["Retry-After"] = str(max(1, round(retry_after)))
 
 
 class QueryCancelled(ApiError):
@@ -106,14 +105,11 @@ class ResultsMissing(ApiError):
         )
 
 
-class IllegalTransition(ApiError):
-    """The state table forbids the move; a bug or a lost race, never a client's fault alone."""
+class Conflict(ApiError):
+    """The query changed in a way the request did not expect (a lost race)."""
 
     status = 409
     code = "illegal_transition"
-
-    def __init__(self, state: str, event: str) -> None:
-        super().__init__(f"{event} is not allowed in state {state}", state=state)
 
 
 class ServiceUnavailable(ApiError):

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Iterable
 
 from loguru import logger
 from tornado.ioloop import PeriodicCallback
 
-from athenaq.athena import BATCH_LIMIT, AthenaCallError, Execution
-
-if TYPE_CHECKING:
-    from athenaq.machine import Machine
-    from athenaq.store import QueryRecord
+from athenaq.athena import BATCH_LIMIT, Athena, AthenaCallError, Execution
+from athenaq.launcher import Launcher
+from athenaq.machine import Machine
+from athenaq.states import QueryRecord
+from athenaq.store import Store
+from athenaq.tasks import TaskRegistry
 
 # After an endpoint fails a batch call, ask per id for this long before trying again.
 BATCH_RETRY_SECONDS = 300.0
+# The kind of background task that stores a query's results (see TaskRegistry).
+DOWNLOAD = "download"
 
 
 class Poller:
@@ -32,18 +34,24 @@ class Poller:
 
     def __init__(
         self,
+        store: Store,
+        athena: Athena,
         machine: Machine,
+        launcher: Launcher,
+        tasks: TaskRegistry,
         interval_seconds: float,
         *,
         max_calls: int = 10,
         max_downloads: int = 4,
     ) -> None:
+        self.store = store
+        self.athena = athena
         self.machine = machine
+        self.launcher = launcher
+        self.tasks = tasks
         self.interval_seconds = interval_seconds
         self._calls = asyncio.Semaphore(max_calls)
         self._download_slots = asyncio.Semaphore(max_downloads)
-        self._downloads: dict[str, asyncio.Task[None]] = {}
-        self._launches: dict[str, asyncio.Task[None]] = {}
         self._callback: PeriodicCallback | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._batch_retry_at = 0.0
@@ -61,11 +69,8 @@ class Poller:
             self._callback.stop()
         if self._tick_task is not None:
             await asyncio.gather(self._tick_task, return_exceptions=True)
-        await asyncio.gather(*self._launches.values(), return_exceptions=True)
-        downloads = list(self._downloads.values())
-        for task in downloads:
-            task.cancel()
-        await asyncio.gather(*downloads, return_exceptions=True)
+        await self.launcher.wait()
+        await self.tasks.cancel(DOWNLOAD)
 
     def _run_tick(self) -> None:
         # A slow tick is not overlapped by the next one: it is skipped instead.
@@ -75,17 +80,17 @@ class Poller:
     async def tick(self) -> None:
         """One round over the unfinished queries; errors are per query, never fatal."""
         try:
-            records = await self.machine.store.unfinished()
+            records = await self.store.unfinished()
         except Exception:
             logger.exception("poller could not read the store")
             return
         for record in records:
             if record.athena_execution_id is None:
-                self._in_background(self._launches, record.id, self.machine.launch(record.id))
+                self.launcher.launch_soon(record.id)
         watched = {
             r.athena_execution_id: r
             for r in records
-            if r.athena_execution_id is not None and r.id not in self._downloads
+            if r.athena_execution_id is not None and not self.tasks.running(DOWNLOAD, r.id)
         }
         if not watched:
             return
@@ -97,20 +102,7 @@ class Poller:
 
     async def _observe(self, record: QueryRecord, execution: Execution) -> None:
         if await self.machine.observe(record.id, execution):
-            self._in_background(self._downloads, record.id, self._download(record.id, execution))
-
-    @staticmethod
-    def _in_background(
-        tasks: dict[str, asyncio.Task[None]], query_id: str, work: Coroutine[Any, Any, None]
-    ) -> None:
-        """Run `work` as its own task unless one for the query is already under way: a slow
-        start or download never holds up the tick, and never runs twice at once."""
-        if query_id in tasks:
-            work.close()
-            return
-        task = asyncio.ensure_future(work)
-        tasks[query_id] = task
-        task.add_done_callback(lambda _: tasks.pop(query_id, None))
+            self.tasks.spawn(DOWNLOAD, record.id, self._download(record.id, execution))
 
     async def _download(self, query_id: str, execution: Execution) -> None:
         async with self._download_slots:
@@ -134,7 +126,7 @@ class Poller:
             for start in range(0, len(execution_ids), BATCH_LIMIT):
                 chunk = execution_ids[start : start + BATCH_LIMIT]
                 try:
-                    found, unprocessed = await self.machine.athena.batch_get(chunk)
+                    found, unprocessed = await self.athena.batch_get(chunk)
                 except AthenaCallError as exc:
                     if exc.is_throttling:
                         return executions, []  # ease off until the next tick
@@ -153,7 +145,7 @@ class Poller:
 
         async def get_one(execution_id: str) -> None:
             try:
-                executions.append(await self.machine.athena.get(execution_id))
+                executions.append(await self.athena.get(execution_id))
             except AthenaCallError as exc:
                 if exc.is_client_error:
                     missing.append((execution_id, exc.message))

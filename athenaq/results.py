@@ -42,8 +42,8 @@ import numpy as np
 import numpy.typing as npt
 from loguru import logger
 
-from athenaq.athena import Column, ResultPage
-from athenaq.csvformat import CsvParser, RowScanner, format_row
+from athenaq.csvformat import CsvParser, Row, RowScanner, format_row
+from athenaq.resultset import Column, ResultPage
 
 TEMP_PREFIX = ".partial-"
 COLUMNS_FILE = "columns.json"
@@ -57,7 +57,6 @@ MAX_HEADER_BYTES = 4 * 1024 * 1024
 # Rows and index entries are buffered up to this size before one write on a thread.
 WRITE_BATCH_BYTES = 1024 * 1024
 
-Row = list[str | None]
 DownloadFormat = Literal["csv", "jsonl"]
 T = TypeVar("T")
 R = TypeVar("R")

@@ -19,7 +19,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +30,7 @@ import asyncmy.errors
 from asyncmy.cursors import DictCursor
 
 from athenaq.clock import utcnow
-from athenaq.machine import QueryState
+from athenaq.states import QueryRecord, QueryState, Transition
 
 MYSQL_SCHEMA = (
     """
@@ -157,50 +156,6 @@ MUTABLE_COLUMNS = frozenset(
         "total_execution_ms",
     }
 )
-
-
-@dataclass(frozen=True)
-class QueryRecord:
-    """One query as stored; `version` is the compare-and-set token."""
-
-    id: str
-    query_text: str
-    database_name: str
-    workgroup: str
-    state: QueryState
-    state_reason: str | None
-    athena_execution_id: str | None
-    run: int
-    cancel_requested_at: datetime | None
-    submitted_at: datetime
-    started_at: datetime | None
-    completed_at: datetime | None
-    results_at: datetime | None
-    row_count: int | None
-    # Where the stored results were read from: "s3" (the result object) or "api"
-    # (GetQueryResults); None until they are stored.
-    results_source: str | None
-    data_scanned_bytes: int | None
-    engine_execution_ms: int | None
-    queue_ms: int | None
-    total_execution_ms: int | None
-    version: int
-    updated_at: datetime
-
-    @property
-    def is_finished(self) -> bool:
-        return self.state.is_finished
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One row of a query's append-only history."""
-
-    query_id: str
-    from_state: QueryState | None
-    to_state: QueryState
-    reason: str | None
-    at: datetime
 
 
 def _record(row: dict[str, Any]) -> QueryRecord:

@@ -7,8 +7,15 @@ import itertools
 
 import pytest
 
-from athenaq.errors import IllegalTransition
-from athenaq.machine import LEGAL_MOVES, TRANSITIONS, Event, KeyedLock, QueryState, next_state
+from athenaq.states import (
+    LEGAL_MOVES,
+    TRANSITIONS,
+    Event,
+    IllegalTransition,
+    QueryState,
+    next_state,
+)
+from athenaq.tasks import KeyedLock
 
 Q = QueryState
 # API.md's legal transitions, written out independently of the table under test.

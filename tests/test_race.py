@@ -14,7 +14,7 @@ from pathlib import Path
 
 from athenaq.app import Service
 from athenaq.config import Config
-from athenaq.machine import LEGAL_MOVES, QueryState
+from athenaq.states import LEGAL_MOVES, QueryState
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
 from tests.conftest import Client, body, make_config, wait_for

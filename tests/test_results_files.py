@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from athenaq.athena import Column, ResultPage
 from athenaq.csvformat import format_row
 from athenaq.results import INDEX_FILE, TEMP_PREFIX, MalformedResult, ResultFiles
+from athenaq.resultset import Column, ResultPage
 
 COLUMNS = [Column(name="n", type="integer"), Column(name="s", type="varchar")]
 

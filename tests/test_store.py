@@ -17,8 +17,8 @@ from urllib.parse import quote, urlsplit
 import asyncmy
 import pytest
 
-from athenaq.machine import QueryState
-from athenaq.store import QueryRecord, Store
+from athenaq.states import QueryRecord, QueryState
+from athenaq.store import Store
 from tests.conftest import _admin_params
 
 Q = QueryState
@@ -27,7 +27,7 @@ Q = QueryState
 # to the state in argv[2]; prints the ids it won. Run twice at once, it races another process.
 RACER = """
 import asyncio, sys
-from athenaq.machine import QueryState
+from athenaq.states import QueryState
 from athenaq.store import Store
 
 async def race(url, target):

@@ -12,8 +12,18 @@ from loguru import logger
 from tornado.web import HTTPError, RequestHandler
 
 from athenaq.auth import Authorizer
-from athenaq.errors import ApiError, MethodNotAllowed, NotFound, QueryNotFound
+from athenaq.errors import (
+    ApiError,
+    Conflict,
+    MethodNotAllowed,
+    NotFound,
+    QueryNotFound,
+    QueryRunning,
+)
+from athenaq.launcher import Launcher
+from athenaq.lookup import Lookup
 from athenaq.machine import Machine
+from athenaq.states import IllegalTransition
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _HTTP_CODES = {
@@ -51,7 +61,11 @@ class Context:
     """What every handler needs, handed over through `initialize(ctx=...)`."""
 
     machine: Machine
+    lookup: Lookup
+    launcher: Launcher
     authorizer: Authorizer
+    # Seconds a client polling a QUEUED or RUNNING query should wait (Retry-After).
+    retry_after: int
     in_flight: RequestsInFlight = field(default_factory=RequestsInFlight)
 
 
@@ -75,6 +89,14 @@ class BaseHandler(RequestHandler):
     def machine(self) -> Machine:
         return self.ctx.machine
 
+    @property
+    def lookup(self) -> Lookup:
+        return self.ctx.lookup
+
+    @property
+    def launcher(self) -> Launcher:
+        return self.ctx.launcher
+
     async def prepare(self) -> None:
         if not self.allow_unauthenticated:
             self.current_user = await self.ctx.authorizer.authorize(self.request)
@@ -95,7 +117,7 @@ class BaseHandler(RequestHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Domain errors are answers, not faults; only the unexpected is logged with a trace.
-        if isinstance(value, ApiError | HTTPError):
+        if isinstance(value, ApiError | HTTPError | IllegalTransition):
             return
         logger.opt(exception=(typ, value, tb)).error(
             "unhandled error", method=self.request.method, path=self.request.path
@@ -106,6 +128,10 @@ class BaseHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, HTTPError) and exc.status_code == 405:
             exc = MethodNotAllowed(f"{self.request.method} is not allowed on {self.request.path}")
+        elif isinstance(exc, IllegalTransition):
+            exc = Conflict(str(exc), state=exc.state.value)
+        elif isinstance(exc, QueryRunning):
+            self.set_header("Retry-After", str(self.ctx.retry_after))
         if isinstance(exc, ApiError):
             self.set_status(exc.status)
             for name, value in exc.headers.items():

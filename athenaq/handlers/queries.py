@@ -25,7 +25,7 @@ from athenaq.schemas import (
 
 if TYPE_CHECKING:
     from athenaq.results import DownloadFormat, ResultReader
-    from athenaq.store import QueryRecord
+    from athenaq.states import QueryRecord
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -76,6 +76,7 @@ class SubmitHandler(BaseHandler):
         if len(request["query"].encode("utf-8")) > MAX_QUERY_BYTES:
             raise PayloadTooLarge(f"query: over {MAX_QUERY_BYTES} bytes, Athena's limit")
         record = await self.machine.submit(request["query"])
+        self.launcher.launch_soon(record.id)
         self.set_header("Location", f"/query/{record.id}/status")
         self.write_json(StateSchema().dump(record), status=202)
 
@@ -84,7 +85,7 @@ class StatusHandler(BaseHandler):
     """GET /query/<id>/status: 200; 404."""
 
     async def get(self, segment: str) -> None:
-        record = await self.machine.get(self.query_id(segment))
+        record = await self.lookup.get(self.query_id(segment))
         self.write_json(StatusSchema().dump(record))
 
 
@@ -96,7 +97,7 @@ class ResultsHandler(BaseHandler):
         query_id = self.query_id(segment)
         request = self._parameters()
         fmt = request.get("format") or self._negotiated_format()
-        record, reader = await self.machine.read_results(query_id)
+        record, reader = await self.lookup.open_results(query_id)
         try:
             if fmt == "json":
                 await self._page(record, reader, request["offset"], request["limit"])
@@ -217,6 +218,7 @@ class RefreshHandler(BaseHandler):
 
     async def post(self, segment: str) -> None:
         record = await self.machine.refresh(self.query_id(segment))
+        self.launcher.launch_soon(record.id)
         self.set_header("Location", f"/query/{record.id}/status")
         self.write_json(StateSchema().dump(record), status=202)
 

@@ -1,0 +1,49 @@
+"""The read side: a query as stored, and its stored results, for the handlers. It writes
+nothing; the machine is the only writer."""
+
+from __future__ import annotations
+
+from athenaq.errors import QueryCancelled, QueryFailed, QueryNotFound, QueryRunning, ResultsMissing
+from athenaq.results import ResultFiles, ResultReader
+from athenaq.states import QueryRecord, QueryState
+from athenaq.store import Store
+
+# A refresh can land between reading a query's state and opening its result files; the
+# read then starts over this many times before it answers 410.
+READ_ATTEMPTS = 3
+
+
+class Lookup:
+    """Reads queries and their results; every miss is the error a client should see."""
+
+    def __init__(self, store: Store, results: ResultFiles) -> None:
+        self.store = store
+        self.results = results
+
+    async def get(self, query_id: str) -> QueryRecord:
+        """The query as stored now; QueryNotFound when there is none."""
+        record = await self.store.get(query_id)
+        if record is None:
+            raise QueryNotFound(query_id)
+        return record
+
+    async def open_results(self, query_id: str) -> tuple[QueryRecord, ResultReader]:
+        """A SUCCEEDED query's stored results, opened (the caller closes the reader);
+        the state's error otherwise."""
+        record = await self.get(query_id)
+        for _ in range(READ_ATTEMPTS):
+            if record.state == QueryState.CANCELLED:
+                raise QueryCancelled(query_id)
+            if record.state == QueryState.FAILED:
+                raise QueryFailed(query_id, record.state_reason)
+            if record.state != QueryState.SUCCEEDED or record.athena_execution_id is None:
+                raise QueryRunning(record.id, record.state.value)
+            try:
+                return record, await self.results.open(query_id, record.athena_execution_id)
+            except FileNotFoundError:
+                # Refreshed between reading the state and the file: the state now says why.
+                latest = await self.get(query_id)
+                if latest.version == record.version:
+                    break
+                record = latest
+        raise ResultsMissing(query_id)

@@ -1,0 +1,143 @@
+"""The vocabulary of a query's life: its states, the events that move it, the legal moves,
+and the record the store keeps. Everything else in athenaq builds on this module, which
+imports nothing of athenaq."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class QueryState(StrEnum):
+    """A query's state; the names are Athena's own."""
+
+    #: accepted; Athena has not started it, or the service has not sent it yet
+    QUEUED = "QUEUED"
+    #: Athena runs it, or it succeeded in Athena and its results are being stored
+    RUNNING = "RUNNING"
+    #: finished, and its results are stored and readable
+    SUCCEEDED = "SUCCEEDED"
+    #: Athena, or the service storing its results, failed it; state_reason says why
+    FAILED = "FAILED"
+    #: stopped on a client's request before it finished
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({QueryState.SUCCEEDED, QueryState.FAILED, QueryState.CANCELLED})
+UNFINISHED = frozenset({QueryState.QUEUED, QueryState.RUNNING})
+
+
+class Event(StrEnum):
+    """What happened to a query."""
+
+    #: Athena runs the query, or it succeeded there and its results are being stored
+    RUN = "run"
+    #: the results are stored
+    SUCCEED = "succeed"
+    #: Athena failed the query, or its results could not be stored
+    FAIL = "fail"
+    #: Athena confirmed a stop, or the query was cancelled before it was sent
+    CANCEL = "cancel"
+    #: a client asked for a new execution of a finished query
+    REFRESH = "refresh"
+
+
+Q = QueryState
+TRANSITIONS: Mapping[tuple[QueryState, Event], QueryState] = {
+    (Q.QUEUED, Event.RUN): Q.RUNNING,
+    (Q.QUEUED, Event.SUCCEED): Q.SUCCEEDED,
+    (Q.QUEUED, Event.FAIL): Q.FAILED,
+    (Q.QUEUED, Event.CANCEL): Q.CANCELLED,
+    (Q.RUNNING, Event.SUCCEED): Q.SUCCEEDED,
+    (Q.RUNNING, Event.FAIL): Q.FAILED,
+    (Q.RUNNING, Event.CANCEL): Q.CANCELLED,
+    (Q.SUCCEEDED, Event.REFRESH): Q.QUEUED,
+    (Q.FAILED, Event.REFRESH): Q.QUEUED,
+    (Q.CANCELLED, Event.REFRESH): Q.QUEUED,
+}
+LEGAL_MOVES = frozenset((source, target) for (source, _), target in TRANSITIONS.items())
+
+
+class IllegalTransition(Exception):
+    """The transition table has no move for this event in this state: a bug or a lost
+    race, never a client's fault alone."""
+
+    def __init__(self, state: QueryState, event: Event) -> None:
+        super().__init__(f"{event.value} is not allowed in state {state.value}")
+        self.state = state
+        self.event = event
+
+
+def next_state(state: QueryState, event: Event) -> QueryState:
+    """The state `event` leads to from `state`; IllegalTransition when the table has no move."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise IllegalTransition(state, event) from None
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    """One query as stored; `version` is the compare-and-set token."""
+
+    id: str
+    query_text: str
+    database_name: str
+    workgroup: str
+    state: QueryState
+    state_reason: str | None
+    athena_execution_id: str | None
+    run: int
+    cancel_requested_at: datetime | None
+    submitted_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    results_at: datetime | None
+    row_count: int | None
+    # Where the stored results were read from: "s3" (the result object) or "api"
+    # (GetQueryResults); None until they are stored.
+    results_source: str | None
+    data_scanned_bytes: int | None
+    engine_execution_ms: int | None
+    queue_ms: int | None
+    total_execution_ms: int | None
+    version: int
+    updated_at: datetime
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state.is_finished
+
+
+# The fields of a QueryRecord that belong to one Athena execution: a refresh clears them,
+# so nothing of the old execution survives it.
+EXECUTION_FIELDS = (
+    "athena_execution_id",
+    "cancel_requested_at",
+    "started_at",
+    "completed_at",
+    "results_at",
+    "row_count",
+    "results_source",
+    "data_scanned_bytes",
+    "engine_execution_ms",
+    "queue_ms",
+    "total_execution_ms",
+)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One row of a query's append-only history."""
+
+    query_id: str
+    from_state: QueryState | None
+    to_state: QueryState
+    reason: str | None
+    at: datetime

@@ -92,6 +92,7 @@ class Service:
                 launcher=launcher,
                 authorizer=self.authorizer,
                 retry_after=max(1, round(config.poller.interval_seconds)),
+                max_body_bytes=config.server.max_body_bytes,
             )
             app = make_app(self._ctx)
             sockets = bind_sockets(config.server.port, config.server.host)
@@ -99,7 +100,14 @@ class Service:
             self._server = HTTPServer(app, max_body_size=100 * 1024 * 1024)
             self._server.add_sockets(sockets)
             self.poller = Poller(
-                store, athena, machine, launcher, self.tasks, config.poller.interval_seconds
+                store,
+                athena,
+                machine,
+                launcher,
+                self.tasks,
+                config.poller.interval_seconds,
+                max_calls=config.poller.max_concurrent_calls,
+                max_downloads=config.poller.max_concurrent_downloads,
             )
             self.poller.start()
         except BaseException:

@@ -16,10 +16,16 @@ class ConfigError(Exception):
     """The config file cannot be used; the message names the key at fault."""
 
 
+# The largest request body read (bytes): a submit's JSON, whose `query` Athena caps at
+# 262,144 bytes; larger bodies answer 413.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str
     port: int
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class ResultsConfig:
 @dataclass(frozen=True)
 class PollerConfig:
     interval_seconds: float
+    # Athena calls a tick makes at once, and results stored at once.
+    max_concurrent_calls: int = 10
+    max_concurrent_downloads: int = 4
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,11 @@ class _Section(Schema):
 class ServerSchema(_Section):
     host = fields.String(required=True, validate=validate.Length(min=1))
     port = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=65535))
+    max_body_bytes = fields.Integer(
+        strict=True,
+        load_default=DEFAULT_MAX_BODY_BYTES,
+        validate=validate.Range(min=64 * 1024, max=64 * 1024 * 1024),
+    )
 
     loads_into = ServerConfig
 
@@ -128,6 +142,12 @@ class ResultsSchema(_Section):
 
 class PollerSchema(_Section):
     interval_seconds = fields.Float(required=True, validate=validate.Range(min=0.01, max=3600))
+    max_concurrent_calls = fields.Integer(
+        strict=True, load_default=10, validate=validate.Range(min=1, max=100)
+    )
+    max_concurrent_downloads = fields.Integer(
+        strict=True, load_default=4, validate=validate.Range(min=1, max=64)
+    )
 
     loads_into = PollerConfig
 

@@ -66,6 +66,8 @@ class Context:
     authorizer: Authorizer
     # Seconds a client polling a QUEUED or RUNNING query should wait (Retry-After).
     retry_after: int
+    # The largest request body read; past it a submit answers 413.
+    max_body_bytes: int
     in_flight: RequestsInFlight = field(default_factory=RequestsInFlight)
 
 

@@ -27,7 +27,13 @@ if TYPE_CHECKING:
     from athenaq.results import DownloadFormat, ResultReader
     from athenaq.states import QueryRecord
 
-MAX_BODY_BYTES = 1024 * 1024
+# Schemas are built once: building one copies its fields, which costs more than using it.
+_SUBMIT_REQUEST = SubmitRequest()
+_RESULTS_REQUEST = ResultsRequest()
+_STATE = StateSchema()
+_STATUS = StatusSchema()
+_RESULTS = ResultsSchema()
+_CANCEL = CancelSchema()
 
 
 def _first_message(messages: Any) -> str:
@@ -54,7 +60,7 @@ class SubmitHandler(BaseHandler):
     def data_received(self, chunk: bytes) -> None:
         # Keep at most the limit in memory; the rest is read and dropped so the
         # client still gets a JSON answer instead of a reset connection.
-        if len(self._body) + len(chunk) > MAX_BODY_BYTES:
+        if len(self._body) + len(chunk) > self.ctx.max_body_bytes:
             self._body_too_large = True
         else:
             self._body.extend(chunk)
@@ -64,13 +70,13 @@ class SubmitHandler(BaseHandler):
         if media_type != "application/json" and not media_type.endswith("+json"):
             raise UnsupportedMediaType("Content-Type must be application/json")
         if self._body_too_large:
-            raise PayloadTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
+            raise PayloadTooLarge(f"the body is over {self.ctx.max_body_bytes} bytes")
         try:
             document = json.loads(bytes(self._body))
         except ValueError as exc:
             raise InvalidJson(f"the body is not valid JSON: {exc}") from None
         try:
-            request = SubmitRequest().load(document)
+            request = _SUBMIT_REQUEST.load(document)
         except ValidationError as exc:
             raise ValidationFailed(_first_message(exc.messages)) from None
         if len(request["query"].encode("utf-8")) > MAX_QUERY_BYTES:
@@ -78,7 +84,7 @@ class SubmitHandler(BaseHandler):
         record = await self.machine.submit(request["query"])
         self.launcher.launch_soon(record.id)
         self.set_header("Location", f"/query/{record.id}/status")
-        self.write_json(StateSchema().dump(record), status=202)
+        self.write_json(_STATE.dump(record), status=202)
 
 
 class StatusHandler(BaseHandler):
@@ -86,7 +92,7 @@ class StatusHandler(BaseHandler):
 
     async def get(self, segment: str) -> None:
         record = await self.lookup.get(self.query_id(segment))
-        self.write_json(StatusSchema().dump(record))
+        self.write_json(_STATUS.dump(record))
 
 
 class ResultsHandler(BaseHandler):
@@ -116,7 +122,7 @@ class ResultsHandler(BaseHandler):
             except UnicodeDecodeError:
                 raise ValidationFailed(f"{name}: not valid UTF-8") from None
         try:
-            request: dict[str, Any] = ResultsRequest().load(arguments)
+            request: dict[str, Any] = _RESULTS_REQUEST.load(arguments)
         except ValidationError as exc:
             raise ValidationFailed(_first_message(exc.messages)) from None
         return request
@@ -150,7 +156,7 @@ class ResultsHandler(BaseHandler):
                 else None
             ),
         }
-        self.write_json(ResultsSchema().dump(body))
+        self.write_json(_RESULTS.dump(body))
 
     async def _download(self, record: QueryRecord, reader: ResultReader, fmt: str) -> None:
         download: DownloadFormat = "csv" if fmt == "csv" else "jsonl"
@@ -220,7 +226,7 @@ class RefreshHandler(BaseHandler):
         record = await self.machine.refresh(self.query_id(segment))
         self.launcher.launch_soon(record.id)
         self.set_header("Location", f"/query/{record.id}/status")
-        self.write_json(StateSchema().dump(record), status=202)
+        self.write_json(_STATE.dump(record), status=202)
 
 
 class CancelHandler(BaseHandler):
@@ -229,10 +235,10 @@ class CancelHandler(BaseHandler):
     async def post(self, segment: str) -> None:
         record, confirmed = await self.machine.cancel(self.query_id(segment))
         if confirmed:
-            self.write_json(StateSchema().dump(record))
+            self.write_json(_STATE.dump(record))
         else:
             body = {"id": record.id, "state": record.state, "cancel_requested": True}
-            self.write_json(CancelSchema().dump(body), status=202)
+            self.write_json(_CANCEL.dump(body), status=202)
 
 
 _ID = r"/query/([^/]+)"

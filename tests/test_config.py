@@ -1,0 +1,84 @@
+"""The config file's optional keys: their defaults (a v1 file still starts), their checks,
+and their effect on a running service."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from athenaq.app import Service
+from athenaq.config import Config, ConfigError, parse_config
+from tests.conftest import Client, body
+
+V1 = {
+    "server": {"host": "127.0.0.1", "port": 8080},
+    "database": {"url": "mysql://root@127.0.0.1:3306/athenaq"},
+    "athena": {
+        "region": "us-east-1",
+        "database": "default",
+        "workgroup": "primary",
+        "output_location": "s3://bucket/prefix/",
+        "endpoint_url": None,
+    },
+    "s3": {"endpoint_url": None},
+    "results": {"dir": "results"},
+    "poller": {"interval_seconds": 1.0},
+}
+
+
+def with_key(section: str, key: str, value: Any) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(json.dumps(V1))
+    document[section][key] = value
+    return document
+
+
+def test_a_v1_file_gets_the_defaults() -> None:
+    config = parse_config(V1)
+    assert config.server.max_body_bytes == 1024 * 1024
+    assert config.poller.max_concurrent_calls == 10
+    assert config.poller.max_concurrent_downloads == 4
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("server", "max_body_bytes", 1024),
+        ("server", "max_body_bytes", "1MiB"),
+        ("poller", "max_concurrent_calls", 0),
+        ("poller", "max_concurrent_calls", 1.5),
+        ("poller", "max_concurrent_downloads", 65),
+    ],
+)
+def test_a_bad_optional_key_is_named(section: str, key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"^{section}\.{key}: "):
+        parse_config(with_key(section, key, value))
+
+
+def test_the_optional_keys_are_read() -> None:
+    config = parse_config(with_key("poller", "max_concurrent_downloads", 2))
+    assert config.poller.max_concurrent_downloads == 2
+
+
+async def test_the_body_limit_is_the_configured_one(
+    config: Config, start_service: Callable[[Config], Awaitable[Service]]
+) -> None:
+    limit = 64 * 1024
+    service = await start_service(
+        replace(config, server=replace(config.server, max_body_bytes=limit))
+    )
+    client = Client(service.url)
+    headers = {"Content-Type": "application/json"}
+    over = json.dumps({"query": "SELECT 1 -- " + "x" * limit}).encode()
+    response = await client.request("POST", "/query", raw=over, headers=headers)
+    assert response.code == 413
+    assert body(response)["error"] == {
+        "code": "payload_too_large",
+        "message": f"the body is over {limit} bytes",
+    }
+    under = json.dumps({"query": "SELECT 1 -- " + "x" * (limit - 100)}).encode()
+    response = await client.request("POST", "/query", raw=under, headers=headers)
+    assert response.code == 202, response.body

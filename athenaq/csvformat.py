@@ -3,7 +3,8 @@
 The header row comes first; every value is double-quoted with `""` for an embedded
 quote; NULL is an empty UNQUOTED field, so it differs from the empty string `""`;
 every row ends with `\\n` and a newline inside a value stays inside the quotes.
-Python's csv module cannot tell NULL from "", hence this module.
+Python's csv module tells NULL from "" only from 3.13 on, and athenaq runs on 3.11 and
+3.12 too, hence this module.
 
 Both readers here work on bytes: in UTF-8 no byte of a multi-byte character equals
 `"`, `,` or `\\n`, so the delimiters are found without decoding and a character split

@@ -115,3 +115,8 @@ class Conflict(ApiError):
 class ServiceUnavailable(ApiError):
     status = 503
     code = "unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # Every 503 says when to try again; the conditions behind these pass within moments.
+        self.headers["Retry-After"] = "1"

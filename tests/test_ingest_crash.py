@@ -145,7 +145,7 @@ async def test_a_crash_mid_ingest_leaves_nothing_served_and_the_restart_ingests_
                 await store.close()
             assert record is not None
             assert record.state != "SUCCEEDED"
-            # Athena said SUCCEEDED; the results were being stored (README, States).
+            # Athena said SUCCEEDED; the results were being stored (docs/internals.md, States).
             assert record.state == "RUNNING"
             assert record.athena_execution_id == execution
             assert record.results_at is None and record.row_count is None

@@ -1,4 +1,5 @@
-"""Athena's JSON 1.1 operations on the local engine: input checks and wire shapes.
+"""Athena's JSON 1.1 operations on an engine (`athenaq.local.base`): input checks and
+wire shapes, the one implementation of them in the project.
 
 Shapes follow botocore's Athena model (2017-05-18), so aiobotocore parses the
 replies as it parses AWS's. Paging tokens are opaque to clients: base64 of a small
@@ -14,13 +15,13 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from athenaq.local.engine import (
-    EngineClosed,
+from athenaq.local.base import (
+    Engine,
     Execution,
     InvalidRequest,
-    QueryEngine,
     QueryNotFound,
     TooManyQueries,
+    Unavailable,
 )
 
 Json = dict[str, Any]
@@ -44,9 +45,9 @@ def invalid(message: str) -> ApiError:
 
 
 class AthenaApi:
-    """The Athena operations the local engine serves, by their X-Amz-Target name."""
+    """The Athena operations an engine serves, by their X-Amz-Target name."""
 
-    def __init__(self, engine: QueryEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._operations: dict[str, Callable[[Json], Awaitable[Json]]] = {
             "StartQueryExecution": self.start_query_execution,
@@ -62,7 +63,9 @@ class AthenaApi:
         handler = self._operations.get(operation)
         if handler is None:
             raise ApiError("UnknownOperationException", f"{operation} is not served here")
+        query_id = body.get("QueryExecutionId")
         try:
+            await self.engine.admit(operation, query_id if isinstance(query_id, str) else None)
             return await handler(body)
         except InvalidRequest as exc:
             raise invalid(str(exc)) from None
@@ -72,7 +75,7 @@ class AthenaApi:
                 f"Too many concurrent queries: {exc}",
                 Reason="CONCURRENT_QUERY_LIMIT_EXCEEDED",
             ) from None
-        except EngineClosed as exc:
+        except Unavailable as exc:
             raise ApiError("InternalServerException", str(exc), status=500) from None
 
     async def start_query_execution(self, body: Json) -> Json:
@@ -123,8 +126,8 @@ class AthenaApi:
         query_id = _required(body, "QueryExecutionId", 1, 128)
         limit = _integer(body, "MaxResults", 1, PAGE_LIMIT) or PAGE_LIMIT
         token = _string(body, "NextToken", 1, 1024)
-        offset = 0 if token is None else _decode_token(token, query_id)
-        page = await self.engine.results(query_id, offset, limit)
+        position = 0 if token is None else _decode_token(token, query_id)
+        page = await self.engine.results(query_id, position, limit)
         reply: Json = {
             "UpdateCount": 0,
             "ResultSet": {
@@ -144,15 +147,15 @@ class AthenaApi:
                             "Precision": c.precision,
                             "Scale": c.scale,
                             "Nullable": "UNKNOWN",
-                            "CaseSensitive": c.type == "varchar",
+                            "CaseSensitive": c.case_sensitive,
                         }
                         for c in page.columns
                     ]
                 },
             },
         }
-        if page.next_offset is not None:
-            reply["NextToken"] = _encode_token(query_id, page.next_offset)
+        if page.next_position is not None:
+            reply["NextToken"] = _encode_token(query_id, page.next_position)
         return reply
 
     async def list_query_executions(self, body: Json) -> Json:
@@ -195,8 +198,7 @@ def _execution(execution: Execution) -> Json:
         "Status": status,
         "Statistics": {
             "EngineExecutionTimeInMillis": execution.engine_ms,
-            # Nothing is scanned from S3 here: the size of the result file stands in.
-            "DataScannedInBytes": execution.result_bytes,
+            "DataScannedInBytes": execution.scanned_bytes,
             "TotalExecutionTimeInMillis": execution.total_ms,
             "QueryQueueTimeInMillis": execution.queue_ms,
             "ResultReuseInformation": {"ReusedPreviousResult": False},

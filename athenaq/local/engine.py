@@ -13,21 +13,39 @@ side of the server serves it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from loguru import logger
 
 from athenaq.csvformat import CsvParser, Row, format_row
+from athenaq.local.base import (
+    STOPPED_BY_USER,
+    Engine,
+    Execution,
+    Failure,
+    InvalidRequest,
+    NoSuchKey,
+    QueryNotFound,
+    ResultObject,
+    ResultPage,
+    State,
+    TooManyQueries,
+    Unavailable,
+    check_succeeded,
+    page_of_ids,
+    result_location,
+)
 from athenaq.local.values import Column, column, text
 
 try:
@@ -37,6 +55,7 @@ except ImportError as exc:  # DuckDB is the optional extra, not a dependency of 
 
 FETCH_ROWS = 4096
 READ_BYTES = 64 * 1024
+CHUNK_BYTES = 256 * 1024  # of a result object, per read when S3 GetObject serves it
 # DuckDB forgets an interrupt that comes before its statement has started, so a stop
 # repeats the interrupt at this pace until the worker has let go of the query.
 INTERRUPT_REPEAT_SECONDS = 0.02
@@ -45,79 +64,11 @@ SYSTEM_ERROR = 1
 SQL_ERROR_TYPE = 1100  # AthenaError.ErrorType: the user's SQL is invalid or failed
 WRITE_ERROR_TYPE = 401  # AthenaError.ErrorType: the result could not be written
 INTERNAL_ERROR_TYPE = 100  # AthenaError.ErrorType: internal service error
-STOPPED_BY_USER = "Query cancelled by user"
 STOPPED_BY_SHUTDOWN = "Query cancelled: the local engine stopped"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_S3_URI = re.compile(r"s3://([^/]+)/?(.*)", re.DOTALL)
 _FIRST_WORD = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(\w+)", re.DOTALL)
 _DDL = frozenset({"CREATE", "DROP", "ALTER"})
 _UTILITY = frozenset({"SHOW", "DESCRIBE", "EXPLAIN", "SET", "RESET", "USE", "PRAGMA"})
-
-
-class State(StrEnum):
-    QUEUED = "QUEUED"  # accepted, waiting for a worker thread
-    RUNNING = "RUNNING"  # on a worker thread: DuckDB runs it, its result is being written
-    SUCCEEDED = "SUCCEEDED"  # finished; its result file is complete
-    FAILED = "FAILED"  # DuckDB refused or failed it, or its result could not be written
-    CANCELLED = "CANCELLED"  # stopped by StopQueryExecution or by the engine's shutdown
-
-
-ACTIVE = frozenset({State.QUEUED, State.RUNNING})
-
-
-class InvalidRequest(Exception):
-    """The request cannot be served as asked (Athena's InvalidRequestException)."""
-
-
-class QueryNotFound(InvalidRequest):
-    def __init__(self, query_id: str) -> None:
-        super().__init__(f"QueryExecution {query_id} was not found")
-
-
-class TooManyQueries(Exception):
-    """`max_running` queries are queued or running already."""
-
-
-class EngineClosed(Exception):
-    """The engine has stopped."""
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Athena's AthenaError of a FAILED query."""
-
-    category: int
-    error_type: int
-    message: str
-
-
-@dataclass(frozen=True)
-class Execution:
-    """What the engine says of one query at one moment."""
-
-    id: str
-    sql: str
-    statement_type: str
-    database: str | None
-    catalog: str | None
-    workgroup: str
-    output_location: str  # the result's S3 URI, `<OutputLocation><id>.csv`
-    state: State
-    reason: str | None
-    failure: Failure | None
-    submitted_at: float  # seconds since the epoch
-    completed_at: float | None
-    queue_ms: int
-    engine_ms: int
-    total_ms: int
-    result_bytes: int
-
-
-@dataclass(frozen=True)
-class ResultPage:
-    columns: tuple[Column, ...]
-    rows: list[Row]  # the header row first on the first page
-    next_offset: int | None  # the byte offset of the next page's first row, None at the end
 
 
 @dataclass
@@ -166,7 +117,8 @@ class _Query:
             queue_ms=_ms(started - self.submitted),
             engine_ms=_ms(end - started),
             total_ms=_ms(end - self.submitted),
-            result_bytes=self.result_bytes,
+            # Nothing is scanned from S3 here: the size of the result file stands in.
+            scanned_bytes=self.result_bytes,
         )
 
 
@@ -183,11 +135,9 @@ class _Stopped(Exception):
     """The worker saw a stop between two batches of rows."""
 
 
-class QueryEngine:
-    """Queries and their results; the Athena API (`athenaq.local.api`) is built on it.
-
-    `submit`, `get`, `stop` and `list_ids` are called on the event loop and return at
-    once; SQL runs on `workers` threads. `close` cancels what is left."""
+class QueryEngine(Engine):
+    """Queries on DuckDB and their result files; SQL runs on `workers` threads. Every
+    file under the data folder is an S3 object. `close` cancels what is left."""
 
     def __init__(
         self,
@@ -232,7 +182,7 @@ class QueryEngine:
         result_uri, path = self._result_location(output_location, query_id)
         with self._lock:
             if self._closed:
-                raise EngineClosed("the local engine has stopped")
+                raise Unavailable("the local engine has stopped")
             if token is not None and token in self._tokens:
                 earlier = self._queries[self._tokens[token]]
                 if earlier.sql != sql:
@@ -280,37 +230,34 @@ class QueryEngine:
     ) -> tuple[list[str], int | None]:
         """Up to `limit` ids of `workgroup`, newest first, submitted before position
         `before`; also the position to pass for the next page (None at the end)."""
-        ids: list[str] = []
         with self._lock:
-            for query in reversed(self._queries.values()):
-                if query.workgroup != workgroup or (before is not None and query.seq >= before):
-                    continue
-                if len(ids) == limit:
-                    return ids, self._queries[ids[-1]].seq
-                ids.append(query.id)
-        return ids, None
+            queries = reversed(self._queries.values())
+            ids = ((q.seq, q.id) for q in queries if q.workgroup == workgroup)
+            return page_of_ids(ids, limit, before)
 
-    async def results(self, query_id: str, offset: int, limit: int) -> ResultPage:
-        """Up to `limit` rows of a SUCCEEDED query's result file, from byte `offset`
-        (0, or a `next_offset`); the header row is the first row at offset 0."""
+    async def results(self, query_id: str, position: int, limit: int) -> ResultPage:
+        """`Engine.results`: `position` is a byte offset in the result file."""
         with self._lock:
             query = self._query(query_id)
-            if query.state in ACTIVE:
-                raise InvalidRequest(f"Query has not yet finished. Current state: {query.state}")
-            if query.state is not State.SUCCEEDED:
-                raise InvalidRequest(
-                    f"Query did not finish successfully. Final query state: {query.state}"
-                )
+            check_succeeded(query.state)
             path, columns, size = query.path, query.columns, query.result_bytes
-        if not 0 <= offset <= size:
+        if not 0 <= position <= size:
             raise InvalidRequest("Invalid NextToken")
         try:
-            rows, next_offset = await asyncio.to_thread(_read_rows, path, offset, limit, size)
+            rows, next_offset = await asyncio.to_thread(_read_rows, path, position, limit, size)
         except FileNotFoundError:
             raise InvalidRequest(f"The result file of {query_id} is gone") from None
         except ValueError as exc:  # an offset inside a row, or a file altered meanwhile
             raise InvalidRequest(f"Cannot read the result at this NextToken: {exc}") from None
         return ResultPage(columns, rows, next_offset)
+
+    async def open_object(self, bucket: str, key: str) -> ResultObject:
+        try:
+            path = self.object_path(bucket, key)
+            source = await asyncio.to_thread(path.open, "rb")
+        except (ValueError, OSError):  # no such file, a folder, or a key no file can be
+            raise NoSuchKey(key) from None
+        return _ObjectFile(source)
 
     async def close(self) -> None:
         """Cancel queued queries, interrupt running ones and wait for the workers."""
@@ -340,13 +287,7 @@ class QueryEngine:
                 "ResultConfiguration.OutputLocation is required: "
                 "the local engine was given no default output location"
             )
-        found = _S3_URI.fullmatch(location)
-        if found is None:
-            raise InvalidRequest(f"OutputLocation is not an s3:// URI: {location}")
-        bucket, prefix = found[1], found[2]
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        key = f"{prefix}{query_id}.csv"
+        bucket, key = result_location(location, query_id)
         try:
             return f"s3://{bucket}/{key}", self.object_path(bucket, key)
         except ValueError as exc:
@@ -447,6 +388,25 @@ class QueryEngine:
             os.unlink(name)
             raise
         return Path(name)
+
+
+class _ObjectFile(ResultObject):
+    def __init__(self, source: IO[bytes]) -> None:
+        info = os.fstat(source.fileno())
+        # S3's ETag is the MD5 of the content; reading a whole object for it on every
+        # request would defeat streaming, so this one changes with the file's identity.
+        identity = f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}".encode()
+        etag = '"' + hashlib.md5(identity, usedforsecurity=False).hexdigest() + '"'
+        super().__init__(info.st_size, info.st_mtime, etag)
+        self._source = source
+
+    async def chunks(self, first: int) -> AsyncIterator[bytes]:
+        await asyncio.to_thread(self._source.seek, first)
+        while chunk := await asyncio.to_thread(self._source.read, CHUNK_BYTES):
+            yield chunk
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._source.close)
 
 
 def _read_rows(path: Path, offset: int, limit: int, size: int) -> tuple[list[Row], int | None]:

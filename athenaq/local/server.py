@@ -1,22 +1,20 @@
-"""The local engine's HTTP side: Athena JSON 1.1 and S3 GetObject/HeadObject on one port.
+"""An engine's HTTP side: Athena JSON 1.1 and S3 GetObject/HeadObject on one port.
 
 `POST /` with `X-Amz-Target: AmazonAthena.<Operation>` is Athena; `GET|HEAD
-/<bucket>/<key>` (S3 path style) serves the files under the data folder, result
-files included. Every other S3 request answers S3's NotImplemented error. Request
-signatures are not checked: any credentials will do.
+/<bucket>/<key>` (S3 path style) serves the engine's objects (for the local engine, the
+files under its data folder, result files included). Every other S3 request answers
+S3's NotImplemented error. Request signatures are not checked: any credentials will do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import os
 import re
 import uuid
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from xml.sax.saxutils import escape
 
 import tornado.httpserver
@@ -27,10 +25,10 @@ from loguru import logger
 from tornado.httputil import format_timestamp
 
 from athenaq.local.api import ApiError, AthenaApi
+from athenaq.local.base import AccessDenied, Engine, NoSuchKey, ResultObject
 from athenaq.local.engine import QueryEngine
 
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
-CHUNK_BYTES = 256 * 1024
 CLOSE_CONNECTIONS_SECONDS = 2.0
 _BINARY = "binary/octet-stream"
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -41,7 +39,7 @@ class _S3Handler(tornado.web.RequestHandler):
 
     served: frozenset[str] = frozenset()
 
-    def initialize(self, engine: QueryEngine, api: AthenaApi) -> None:
+    def initialize(self, engine: Engine, api: AthenaApi) -> None:
         self.engine = engine
         self.api = api
 
@@ -110,53 +108,59 @@ class ObjectHandler(_S3Handler):
         await self._serve(bucket, key, body=False)
 
     async def _serve(self, bucket: str, key: str, *, body: bool) -> None:
+        await self.engine.admit("GetObject" if body else "HeadObject", None)
         try:
-            path = self.engine.object_path(bucket, key)
-            source = await asyncio.to_thread(path.open, "rb")
-        except (ValueError, OSError):  # no such file, a folder, or a key no file can be
+            source = await self.engine.open_object(bucket, key)
+        except NoSuchKey:
             self.s3_error(404, "NoSuchKey", "The specified key does not exist.", Key=key)
+            return
+        except AccessDenied:
+            self.s3_error(403, "AccessDenied", "Access Denied", Key=key)
             return
         try:
             await self._send(source, key, body=body)
         except tornado.iostream.StreamClosedError:
             pass  # the client went away mid-object
         finally:
-            await asyncio.to_thread(source.close)
+            await source.close()
 
-    async def _send(self, source: IO[bytes], key: str, *, body: bool) -> None:
-        info = os.fstat(source.fileno())
-        size = info.st_size
-        try:
-            span = _byte_range(self.request.headers.get("Range"), size)
-        except ValueError:
-            self.set_header("Content-Range", f"bytes */{size}")
-            self.s3_error(416, "InvalidRange", "The requested range is not satisfiable")
-            return
-        first, last = span or (0, size - 1)
-        if span is not None:
-            self.set_status(206)
-            self.set_header("Content-Range", f"bytes {first}-{last}/{size}")
-        self.set_header("Accept-Ranges", "bytes")
-        self.set_header("Content-Length", last - first + 1)
+    async def _send(self, source: ResultObject, key: str, *, body: bool) -> None:
+        first, length = 0, source.size  # a length None: the whole object, chunked
+        if source.size is not None:
+            try:
+                span = _byte_range(self.request.headers.get("Range"), source.size)
+            except ValueError:
+                self.set_header("Content-Range", f"bytes */{source.size}")
+                self.s3_error(416, "InvalidRange", "The requested range is not satisfiable")
+                return
+            first, last = span or (0, source.size - 1)
+            length = last - first + 1
+            if span is not None:
+                self.set_status(206)
+                self.set_header("Content-Range", f"bytes {first}-{last}/{source.size}")
+            self.set_header("Accept-Ranges", "bytes")
+            self.set_header("Content-Length", length)
         # Objects carry no metadata here: result files are CSV, the rest S3's default.
         self.set_header("Content-Type", "text/csv" if key.endswith(".csv") else _BINARY)
-        self.set_header("Last-Modified", format_timestamp(info.st_mtime))
-        self.set_header("ETag", _etag(info))
+        self.set_header("Last-Modified", format_timestamp(source.modified))
+        self.set_header("ETag", source.etag)
         self.set_header("x-amz-request-id", uuid.uuid4().hex)
         if body:
-            await asyncio.to_thread(source.seek, first)
-            remaining = last - first + 1
-            while remaining > 0:
-                chunk = await asyncio.to_thread(source.read, min(CHUNK_BYTES, remaining))
-                if not chunk:  # Tornado drops the connection: the client sees a short body
-                    raise OSError(f"{key} shrank while it was being sent")
-                remaining -= len(chunk)
+            remaining = length
+            async for chunk in source.chunks(first):
+                if remaining is not None:
+                    chunk = chunk[:remaining]
+                    remaining -= len(chunk)
                 self.write(chunk)
                 await self.flush()
+                if remaining == 0:
+                    break
+            if remaining:  # Tornado drops the connection: the client sees a short body
+                raise OSError(f"{key} shrank while it was being sent")
         self.finish()
 
 
-def make_app(engine: QueryEngine) -> tornado.web.Application:
+def make_app(engine: Engine) -> tornado.web.Application:
     args = {"engine": engine, "api": AthenaApi(engine)}
     return tornado.web.Application(
         [
@@ -168,42 +172,22 @@ def make_app(engine: QueryEngine) -> tornado.web.Application:
     )
 
 
-class LocalEngine:
-    """athenaq-local: an Athena-compatible endpoint running real SQL on DuckDB.
+class Endpoint:
+    """Serves an engine on the event loop `serve` is awaited on, so a process can embed it."""
 
-    It serves on the event loop `start` is awaited on, so a process can embed it;
-    SQL runs on `workers` threads. Results land under `data_dir`, which S3 GetObject
-    on the same URL serves."""
-
-    def __init__(
-        self,
-        data_dir: str | Path,
-        *,
-        max_running: int = 20,
-        workers: int = 4,
-        default_output_location: str | None = "s3://athenaq-local/results/",
-    ) -> None:
-        self.data_dir = Path(data_dir)
-        self.max_running = max_running
-        self.workers = workers
-        self.default_output_location = default_output_location
-        self._engine: QueryEngine | None = None
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
         self._server: tornado.httpserver.HTTPServer | None = None
         self._url: str | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on `host`:`port` (0: any free port); returns the base URL."""
-        if self._engine is not None:
-            raise RuntimeError("the local engine is already started")
-        engine = QueryEngine(
-            self.data_dir,
-            max_running=self.max_running,
-            workers=self.workers,
-            default_output_location=self.default_output_location,
-        )
+    async def serve(self, engine: Engine, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on `host`:`port` (0: any free port) for `engine`, which `stop` closes;
+        returns the base URL."""
         try:
+            if self._engine is not None:
+                raise RuntimeError("the endpoint is serving already")
             sockets = tornado.netutil.bind_sockets(port, host)
-        except OSError:
+        except BaseException:
             await engine.close()
             raise
         self._server = tornado.httpserver.HTTPServer(make_app(engine))
@@ -213,17 +197,18 @@ class LocalEngine:
         self._url = (
             f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
         )
-        logger.info("local athena engine listening", url=self._url, data_dir=str(engine.data_dir))
+        logger.info("athena endpoint listening", url=self._url, engine=type(engine).__name__)
         return self._url
 
     @property
     def url(self) -> str:
         if self._url is None:
-            raise RuntimeError("the local engine is not started")
+            raise RuntimeError("the endpoint is not serving")
         return self._url
 
     async def stop(self) -> None:
-        """Stop listening, cancel queued and running queries, close connections."""
+        """Stop listening, close the engine (it cancels or lets go of what is left), close
+        connections."""
         if self._server is None or self._engine is None:
             return
         self._server.stop()
@@ -232,6 +217,37 @@ class LocalEngine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.close_all_connections(), CLOSE_CONNECTIONS_SECONDS)
         self._server = self._engine = self._url = None
+
+
+class LocalEngine(Endpoint):
+    """athenaq-local: an Athena-compatible endpoint running real SQL on DuckDB.
+
+    SQL runs on `workers` threads. Results land under `data_dir`, which S3 GetObject on
+    the same URL serves."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        max_running: int = 20,
+        workers: int = 4,
+        default_output_location: str | None = "s3://athenaq-local/results/",
+    ) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.max_running = max_running
+        self.workers = workers
+        self.default_output_location = default_output_location
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on `host`:`port` (0: any free port); returns the base URL."""
+        engine = QueryEngine(
+            self.data_dir,
+            max_running=self.max_running,
+            workers=self.workers,
+            default_output_location=self.default_output_location,
+        )
+        return await self.serve(engine, host, port)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -264,17 +280,10 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
-def _etag(info: os.stat_result) -> str:
-    # S3's ETag is the MD5 of the content; reading a whole object for it on every
-    # request would defeat streaming, so this one changes with the file's identity.
-    identity = f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}".encode()
-    return '"' + hashlib.md5(identity, usedforsecurity=False).hexdigest() + '"'
-
-
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     # Clients poll: one line per request belongs at debug level.
     logger.debug(
-        "local engine request",
+        "athena endpoint request",
         method=handler.request.method,
         path=handler.request.path,
         target=handler.request.headers.get("X-Amz-Target"),

@@ -34,8 +34,10 @@ _PRECISION = {
     "float": (17, 0),
     "double": (17, 0),
     "varchar": (2147483647, 0),
+    "string": (2147483647, 0),
     "timestamp": (3, 0),
 }
+_CASE_SENSITIVE = frozenset({"varchar", "char", "string"})
 _DECIMAL = re.compile(r"DECIMAL\((\d+),\s*(\d+)\)")
 _HUGEINT_DIGITS = 38  # the most Athena reports; a HUGEINT may hold one digit more
 
@@ -47,6 +49,16 @@ class Column:
     precision: int
     scale: int
 
+    @property
+    def case_sensitive(self) -> bool:
+        return self.type in _CASE_SENSITIVE
+
+
+def athena_column(name: str, athena_type: str) -> Column:
+    """A column of `athena_type`, with the precision Athena reports for it."""
+    precision, scale = _PRECISION.get(athena_type, (0, 0))
+    return Column(name, athena_type, precision, scale)
+
 
 def column(name: str, duckdb_type: object) -> Column:
     """The Athena column for an entry of a DuckDB cursor's `description`."""
@@ -55,9 +67,7 @@ def column(name: str, duckdb_type: object) -> Column:
         return Column(name, "decimal", int(decimal[1]), int(decimal[2]))
     if type_name == "HUGEINT":
         return Column(name, "decimal", _HUGEINT_DIGITS, 0)
-    kind = _ATHENA_TYPES.get(type_name, "varchar")
-    precision, scale = _PRECISION.get(kind, (0, 0))
-    return Column(name, kind, precision, scale)
+    return athena_column(name, _ATHENA_TYPES.get(type_name, "varchar"))
 
 
 def text(value: Any) -> str:

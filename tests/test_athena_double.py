@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -78,22 +76,6 @@ async def wait_for_state(client: Any, qid: str, *states: str) -> str:
 
     found: str = await wait_for(reached, timeout=10, what=f"{qid} in {states}")
     return found
-
-
-def control(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """Call the control API (a POST when there is a body); return the JSON of a 2xx reply."""
-    data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(url + path, data=data)) as reply:
-        return json.loads(reply.read())
-
-
-def control_status(url: str, path: str, body: dict[str, Any]) -> int:
-    try:
-        with urllib.request.urlopen(url + path, data=json.dumps(body).encode()) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as err:
-        with err:  # an unclosed error response leaks its socket
-            return err.code
 
 
 async def test_scripted_timeline(endpoint: AthenaDouble) -> None:
@@ -268,26 +250,25 @@ async def test_client_request_token_is_idempotent(endpoint: AthenaDouble) -> Non
     assert sorted(listed) == sorted([first, other])
 
 
-async def test_control_api_release_and_calls(endpoint: AthenaDouble) -> None:
-    url = endpoint.url
-    async with athena(url) as client:
+async def test_release_calls_and_reset(endpoint: AthenaDouble) -> None:
+    async with athena(endpoint.url) as client:
         held = await start(client, 'SELECT 1 -- double: {"queue_ms": 20, "hold": true}')
         failed = await start(client, 'SELECT 2 -- double: {"hold": true}')
         await wait_for_state(client, held, "RUNNING")
-        assert control(url, "/_double/release", {"id": held}) == {"state": "SUCCEEDED"}
-        assert control(
-            url, "/_double/release", {"id": failed, "state": "FAILED", "reason": "boom"}
-        ) == {"state": "FAILED"}
+        assert endpoint.release(held) == "SUCCEEDED"
+        assert endpoint.release(failed, "FAILED", "boom") == "FAILED"
         assert (await status(client, held))["State"] == "SUCCEEDED"
         st = await status(client, failed)
     assert st["StateChangeReason"] == "boom" and st["AthenaError"]["ErrorMessage"] == "boom"
-    assert control(url, f"/_double/executions/{held}")["state"] == "SUCCEEDED"
-    calls = control(url, "/_double/calls")
+    assert endpoint.execution(held)["state"] == "SUCCEEDED"
+    calls = endpoint.calls()
     assert calls["StartQueryExecution"] == 2 and calls["GetQueryExecution"] >= 3
-    assert control_status(url, "/_double/release", {"id": "nope"}) == 404
-    assert control_status(url, "/_double/release", {"id": held, "state": "X"}) == 400
-    control(url, "/_double/reset", {})
-    assert control(url, "/_double/calls") == {}
+    with pytest.raises(KeyError):
+        endpoint.release("nope")
+    with pytest.raises(ValueError):
+        endpoint.release(held, "X")
+    endpoint.reset()
+    assert endpoint.calls() == {}
 
 
 async def test_results_delay_and_endpoint_delay() -> None:
@@ -303,7 +284,7 @@ async def test_results_delay_and_endpoint_delay() -> None:
     assert 0.15 <= elapsed < 0.5
 
 
-def test_runs_as_a_program() -> None:
+async def test_runs_as_a_program() -> None:
     script = Path(__file__).with_name("athena_double.py")
     with subprocess.Popen(
         [sys.executable, str(script), "--port", "0", "--no-batch"],
@@ -315,7 +296,11 @@ def test_runs_as_a_program() -> None:
             assert program.stdout is not None
             line = program.stdout.readline()
             assert line.startswith("listening on http://127.0.0.1:")
-            assert control(line.split()[-1], "/_double/calls") == {}
+            async with athena(line.split()[-1]) as client:
+                qid = await start(client, "SELECT 1")
+                with pytest.raises(ClientError) as err:  # --no-batch
+                    await client.batch_get_query_execution(QueryExecutionIds=[qid])
         finally:
             program.send_signal(signal.SIGTERM)
         assert program.wait(5) == 0
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500

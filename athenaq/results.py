@@ -19,8 +19,8 @@ row ends are looked for (RowScanner), since they are the index. The
 directory is written under a temporary name and renamed in one
 step, so a reader sees a whole result or none, a crash leaves only a temporary
 directory (which `prepare` removes), and a refreshed query never finds its old
-result under the new name. All file I/O but the opening of a
-result's files being written (see _Files) runs on worker threads, in batches.
+result under the new name. All file I/O but the opening and the closing of a
+result's files (see _Files) runs on worker threads, in batches.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import os
 import shutil
 import uuid
 import zlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol, TypeVar
@@ -128,7 +128,7 @@ class ResultFiles:
                 rows = await writer.finish()
             finally:
                 await writer.close()
-            await asyncio.to_thread(_publish, temp, self.path(query_id, execution_id))
+            await _to_thread_whole(_publish, temp, self.path(query_id, execution_id))
         except BaseException:
             await _to_thread_whole(shutil.rmtree, temp, True)
             raise
@@ -140,7 +140,7 @@ class ResultFiles:
         return await _to_thread_whole(
             ResultReader,
             self.path(query_id, execution_id),
-            undo=lambda reader: asyncio.to_thread(reader.close),
+            undo=ResultReader.close,
         )
 
     async def delete(self, query_id: str, execution_id: str | None) -> None:
@@ -152,25 +152,26 @@ class ResultFiles:
 
 
 async def _to_thread_whole(
-    func: Callable[..., R], /, *args: Any, undo: Callable[[R], Awaitable[object]] | None = None
+    func: Callable[..., R], /, *args: Any, undo: Callable[[R], object] | None = None
 ) -> R:
     """`func(*args)` on a worker thread, as asyncio.to_thread, but see `_whole`."""
     return await _whole(asyncio.ensure_future(asyncio.to_thread(func, *args)), undo)
 
 
-async def _whole(
-    work: asyncio.Future[R], undo: Callable[[R], Awaitable[object]] | None = None
-) -> R:
+async def _whole(work: asyncio.Future[R], undo: Callable[[R], object] | None = None) -> R:
     """The result of `work`; when the caller is cancelled, it waits for `work` to end
-    first, then `undo`es what it made. A worker thread cannot be stopped: a file it
-    opened after its caller gave up would stay open, since nobody would close it."""
+    first, however many cancels follow, then `undo`es what it made (on the event loop,
+    so no cancel can cut it short). A worker thread cannot be stopped: a file it opened
+    after its caller gave up would stay open, since nobody would close it. And a job
+    cancelled before a worker thread took it never runs at all."""
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            made = await work
-            if undo is not None:
-                await undo(made)
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([work])  # a cancel of this wait leaves `work` running
+        if undo is not None and not work.cancelled() and work.exception() is None:
+            undo(work.result())
         raise
 
 
@@ -179,8 +180,8 @@ class MalformedResult(ValueError):
 
 
 class _Writer(Protocol[T_contra]):
-    """Writes one result's files in a directory. It opens them on the event loop (see
-    _Files); its methods put the rest of the file I/O on worker threads."""
+    """Writes one result's files in a directory. It opens and closes them on the event
+    loop (see _Files); its methods put the rest of the file I/O on worker threads."""
 
     async def add(self, item: T_contra) -> None: ...
 
@@ -194,9 +195,11 @@ class _Writer(Protocol[T_contra]):
 class _Files:
     """The three files of a result being written.
 
-    They are opened on the event loop (an open and a small write: microseconds, no
-    sync), so that the coroutine that will close them owns them from the first instant,
-    with no worker thread between the open and the `finally` that closes them."""
+    They are opened and closed on the event loop (an open and a small write, a close:
+    microseconds, no sync), so that the coroutine that closes them owns them from the
+    first instant to the last, with no worker thread between the open and the `finally`
+    that closes them: a close sent to a worker thread is dropped when a cancel (a
+    stopping service) reaches its caller before a thread takes it."""
 
     def __init__(self, directory: Path, columns: list[Column]) -> None:
         header = {"columns": [{"name": c.name, "type": c.type} for c in columns]}
@@ -221,8 +224,10 @@ class _Files:
             os.close(fd)
 
     def close(self) -> None:
-        self.data.close()
-        self.index.close()
+        try:
+            self.data.close()
+        finally:
+            self.index.close()
 
 
 class _RowWriter:
@@ -247,7 +252,7 @@ class _RowWriter:
 
     async def close(self) -> None:
         if self.files is not None:
-            await asyncio.to_thread(self.files.close)
+            self.files.close()
 
     def _open(self, columns: list[Column]) -> None:
         """Open the files at the first page, which names the columns (none without one)."""
@@ -331,7 +336,7 @@ class _CsvCopier:
             with contextlib.suppress(Exception):  # the error that stopped the write is raised
                 await self._written()
         finally:
-            await asyncio.to_thread(self.files.close)
+            self.files.close()
 
     async def _written(self) -> None:
         """Wait for the write of the previous chunk (to its end, even when cancelled)."""

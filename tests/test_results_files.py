@@ -297,3 +297,47 @@ async def test_a_cancelled_write_leaves_no_file_open_and_nothing_behind(
             await task
         assert open_files_under(files.directory) == []
         assert list(files.directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("writer", ["copy", "rows"])
+async def test_a_write_cancelled_anywhere_up_to_its_end_closes_its_files(
+    files: ResultFiles, writer: str
+) -> None:
+    # A stopping service cancels the downloads in flight, which may be at their last
+    # steps: the sync, the closing of the files, the rename. Cancels land one loop turn
+    # further each time, until the write is done before them; at every one, either the
+    # result is whole or nothing is left, and no file stays open.
+    rows = make_rows(300)
+    data = athena_csv(rows)
+    done_first = 0
+    for turns in range(10_000):
+        if writer == "copy":
+            work = files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, 4096))
+        else:
+            work = files.write("q", "e", pages_of(rows, size=100))
+        task = asyncio.create_task(work)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            assert await task == len(rows)
+            done_first += 1
+        except asyncio.CancelledError:
+            pass
+        assert open_files_under(files.directory) == []
+        # Cancelled during its rename, a write has put its result in place all the same.
+        stored = [path.name for path in files.directory.iterdir()]
+        if task.cancelled():
+            assert stored in ([], ["q.e"])
+        else:
+            assert stored == ["q.e"]
+        if stored:
+            reader = await files.open("q", "e")
+            try:
+                assert (await reader.page(0, len(rows))).rows == rows
+            finally:
+                reader.close()
+            await files.delete("q", "e")
+        if done_first == 3:
+            break
+    assert done_first == 3

@@ -315,8 +315,11 @@ class Athena:
                     yield chunk
             finally:
                 reading.cancel()
-                with contextlib.suppress(BaseException):
-                    await reading
+                # Wait for the read to end without taking on its outcome: a cancel of the
+                # caller itself (a stopping service) still goes through.
+                await asyncio.wait([reading])
+                if not reading.cancelled():
+                    reading.exception()  # retrieved: the read's own error is of no use now
 
     async def result_columns(self, execution_id: str) -> tuple[list[Column], list[str]]:
         """The result's columns (name, type) and labels, from a one-row GetQueryResults:

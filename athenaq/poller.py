@@ -64,7 +64,8 @@ class Poller:
 
     async def stop(self) -> None:
         """Stop ticking, wait for the tick and the starts in flight (an execution started but
-        not recorded would run untracked), abandon downloads (a restart redoes them)."""
+        not recorded would run untracked), cancel the downloads and wait for each to end (a
+        restart redoes them)."""
         if self._callback is not None:
             self._callback.stop()
         if self._tick_task is not None:

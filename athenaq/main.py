@@ -9,13 +9,16 @@ import sys
 
 from loguru import logger
 
-from athenaq.app import Service
 from athenaq.config import Config, ConfigError, load_config
 from athenaq.logs import setup_logging
 
 
 async def serve(config: Config) -> None:
     """Run the service until a stop signal, then shut it down in order."""
+    # Imported only once the config is good: the service pulls in aiobotocore and numpy,
+    # seconds of imports a bad config need not wait for.
+    from athenaq.app import Service
+
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from athenaq.main import main
 from tests.athena_double import AthenaDouble
 from tests.conftest import Client, wait_for
 
@@ -31,16 +32,6 @@ GOOD = {
     "results": {"dir": "results"},
     "poller": {"interval_seconds": 1.0},
 }
-
-
-def _athenaq(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "athenaq", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-    )
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
@@ -75,26 +66,44 @@ _DELETE = object()
     ],
 )
 def test_a_bad_config_stops_the_start_with_one_line_naming_the_key(
-    tmp_path: Path, document: Any, named: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], document: Any, named: str
 ) -> None:
+    # In-process through the program's entry point; the command line itself is the
+    # subprocess test below.
     path = tmp_path / "config.json"
     path.write_text(json.dumps(document))
-    done = _athenaq("--config", str(path))
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
+    assert main(["--config", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
     assert named in lines[0]
 
 
-def test_an_unreadable_or_non_json_config_stops_the_start(tmp_path: Path) -> None:
-    missing = _athenaq("--config", str(tmp_path / "nope.json"))
-    assert missing.returncode == 2
-    assert "nope.json" in missing.stderr
+def test_an_unreadable_or_non_json_config_stops_the_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json" in capsys.readouterr().err
     broken = tmp_path / "broken.json"
     broken.write_text("{")
-    done = _athenaq("--config", str(broken))
+    assert main(["--config", str(broken)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_command_exits_2_on_a_bad_config_with_one_line_and_no_traceback(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_with("server.port", "eighty")))
+    done = subprocess.run(
+        [sys.executable, "-m", "athenaq", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "server.port" in lines[0]
 
 
 def test_the_example_config_is_valid() -> None:

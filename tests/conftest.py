@@ -71,6 +71,27 @@ def _admin_params(url: str) -> dict[str, Any]:
     }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "store: uses the store under test, so ATHENAQ_TEST_DB_URL can change it"
+    )
+    config.addinivalue_line(
+        "markers", "endpoint: its Athena endpoint is the one ATHENAQ_TEST_ATHENA chooses"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what the matrix's factors switch under it, from the fixtures it
+    uses, so that a factor's environment runs only the tests it can change (tox.ini)."""
+    for item in items:
+        used = getattr(item, "fixturenames", ())
+        if "db_url" in used:
+            item.add_marker(pytest.mark.store)
+        # athena_url gives the double whatever the variable says when the test asks for it.
+        if "athena_url" in used and "double" not in used:
+            item.add_marker(pytest.mark.endpoint)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def json_logs() -> None:
     """The service's own log format, also in the output of failed tests."""

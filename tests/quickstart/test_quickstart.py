@@ -20,6 +20,9 @@ from tests.conftest import wait_for
 from tests.test_process import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+# pip resolving and installing the whole dependency tree takes minutes on a busy machine
+# (CI runs this beside the rest of the matrix): more than the suite's 120 s per test.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture

@@ -35,6 +35,38 @@ from athenaq.logs import setup_logging
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
 
+# A config file as v1 wrote them: every key then required, none of the later optional ones.
+V1_CONFIG: dict[str, Any] = {
+    "server": {"host": "127.0.0.1", "port": 8080},
+    "database": {"url": "mysql://root@127.0.0.1:3306/athenaq"},
+    "athena": {
+        "region": "us-east-1",
+        "database": "default",
+        "workgroup": "primary",
+        "output_location": "s3://bucket/prefix/",
+        "endpoint_url": None,
+    },
+    "s3": {"endpoint_url": None},
+    "results": {"dir": "results"},
+    "poller": {"interval_seconds": 1.0},
+}
+DELETE = object()
+
+
+def config_with(path: str, value: Any) -> dict[str, Any]:
+    """V1_CONFIG with the key at dotted `path` set to `value` (removed for DELETE)."""
+    config: dict[str, Any] = json.loads(json.dumps(V1_CONFIG))
+    *parents, key = path.split(".")
+    section = config
+    for parent in parents:
+        section = section[parent]
+    if value is DELETE:
+        del section[key]
+    else:
+        section[key] = value
+    return config
+
+
 DEFAULT_DB_URL = "mysql://root:@127.0.0.1:3306/athenaq_test"
 POLL_SECONDS = 0.02
 

@@ -12,32 +12,11 @@ import pytest
 
 from athenaq.app import Service
 from athenaq.config import Config, ConfigError, parse_config
-from tests.conftest import Client, body
-
-V1 = {
-    "server": {"host": "127.0.0.1", "port": 8080},
-    "database": {"url": "mysql://root@127.0.0.1:3306/athenaq"},
-    "athena": {
-        "region": "us-east-1",
-        "database": "default",
-        "workgroup": "primary",
-        "output_location": "s3://bucket/prefix/",
-        "endpoint_url": None,
-    },
-    "s3": {"endpoint_url": None},
-    "results": {"dir": "results"},
-    "poller": {"interval_seconds": 1.0},
-}
-
-
-def with_key(section: str, key: str, value: Any) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(json.dumps(V1))
-    document[section][key] = value
-    return document
+from tests.conftest import V1_CONFIG, Client, body, config_with
 
 
 def test_a_v1_file_gets_the_defaults() -> None:
-    config = parse_config(V1)
+    config = parse_config(V1_CONFIG)
     assert config.server.max_body_bytes == 1024 * 1024
     assert config.poller.max_concurrent_calls == 10
     assert config.poller.max_concurrent_downloads == 4
@@ -55,11 +34,11 @@ def test_a_v1_file_gets_the_defaults() -> None:
 )
 def test_a_bad_optional_key_is_named(section: str, key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=rf"^{section}\.{key}: "):
-        parse_config(with_key(section, key, value))
+        parse_config(config_with(f"{section}.{key}", value))
 
 
 def test_the_optional_keys_are_read() -> None:
-    config = parse_config(with_key("poller", "max_concurrent_downloads", 2))
+    config = parse_config(config_with("poller.max_concurrent_downloads", 2))
     assert config.poller.max_concurrent_downloads == 2
 
 

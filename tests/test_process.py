@@ -16,52 +16,21 @@ from tornado.httpclient import AsyncHTTPClient
 
 from athenaq.main import main
 from tests.athena_double import AthenaDouble
-from tests.conftest import Client, wait_for
-
-GOOD = {
-    "server": {"host": "127.0.0.1", "port": 8080},
-    "database": {"url": "mysql://root@127.0.0.1:3306/athenaq"},
-    "athena": {
-        "region": "us-east-1",
-        "database": "default",
-        "workgroup": "primary",
-        "output_location": "s3://bucket/prefix/",
-        "endpoint_url": None,
-    },
-    "s3": {"endpoint_url": None},
-    "results": {"dir": "results"},
-    "poller": {"interval_seconds": 1.0},
-}
-
-
-def _with(path: str, value: Any) -> dict[str, Any]:
-    config = json.loads(json.dumps(GOOD))
-    *parents, key = path.split(".")
-    section = config
-    for parent in parents:
-        section = section[parent]
-    if value is _DELETE:
-        del section[key]
-    else:
-        section[key] = value
-    return config
-
-
-_DELETE = object()
+from tests.conftest import DELETE, Client, config_with, wait_for
 
 
 @pytest.mark.parametrize(
     ("document", "named"),
     [
-        (_with("athena.region", _DELETE), "athena.region"),
-        (_with("server.port", "eighty"), "server.port"),
-        (_with("server.port", 70000), "server.port"),
-        (_with("poller.interval_seconds", -1), "poller.interval_seconds"),
-        (_with("database.url", "postgres://x"), "database.url"),
-        (_with("athena.output_location", "bucket/prefix"), "athena.output_location"),
-        (_with("athena.workgroup", "no spaces allowed"), "athena.workgroup"),
-        (_with("s3", _DELETE), "s3"),
-        (_with("results.colour", "blue"), "results.colour"),
+        (config_with("athena.region", DELETE), "athena.region"),
+        (config_with("server.port", "eighty"), "server.port"),
+        (config_with("server.port", 70000), "server.port"),
+        (config_with("poller.interval_seconds", -1), "poller.interval_seconds"),
+        (config_with("database.url", "postgres://x"), "database.url"),
+        (config_with("athena.output_location", "bucket/prefix"), "athena.output_location"),
+        (config_with("athena.workgroup", "no spaces allowed"), "athena.workgroup"),
+        (config_with("s3", DELETE), "s3"),
+        (config_with("results.colour", "blue"), "results.colour"),
         ([1, 2], "config"),
     ],
 )
@@ -93,7 +62,7 @@ def test_the_command_exits_2_on_a_bad_config_with_one_line_and_no_traceback(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(_with("server.port", "eighty")))
+    path.write_text(json.dumps(config_with("server.port", "eighty")))
     done = subprocess.run(
         [sys.executable, "-m", "athenaq", "--config", str(path)],
         capture_output=True,
@@ -125,7 +94,7 @@ async def test_serves_logs_json_and_exits_zero_on_a_stop_signal(
     db_url: str, double: AthenaDouble, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     port = _free_port()
-    config = _with("server.port", port)
+    config = config_with("server.port", port)
     config["database"]["url"] = db_url
     config["athena"]["endpoint_url"] = double.url
     config["poller"]["interval_seconds"] = 0.05

@@ -9,7 +9,7 @@ figures and goals of issue 4. Without `--rows` it runs one small N, so CI can ke
 working in seconds. Exits non-zero on any failure (a wrong row count included); a goal
 missed is a figure, not a failure.
 
-Needs `pip install -e '.[bench]'` (DuckDB for the engine, PyAthena, psutil).
+Needs `pip install -e . --group bench` (DuckDB for the engine, PyAthena, psutil).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ out its GetQueryExecution calls and result downloads; give it 1 to see their eff
 reached through a relay that counts the commands it sends, and prints where the status
 path's CPU goes and the round trips of a submit.
 
-Needs MariaDB at --db (root, empty password by default) and `pip install -e '.[bench]'`.
+Needs MariaDB at --db (root, empty password by default) and `pip install -e . --group bench`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -65,6 +66,14 @@ def config_with(path: str, value: Any) -> dict[str, Any]:
     else:
         section[key] = value
     return config
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (for a server the test starts itself)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 DEFAULT_DB_URL = "mysql://root:@127.0.0.1:3306/athenaq_test"

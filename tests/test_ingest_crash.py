@@ -22,9 +22,8 @@ from tornado.httpclient import AsyncHTTPClient
 from athenaq.results import TEMP_PREFIX
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
-from tests.conftest import Client, body, wait_for
+from tests.conftest import Client, body, config_with, free_port, wait_for
 from tests.test_ingest import generated_row
-from tests.test_process import _free_port, _with
 
 ROWS = 120_000  # about 3 MB of CSV in the result object
 STALL_AFTER = 1_500_000  # bytes of it sent before the double holds the rest
@@ -35,8 +34,8 @@ class Server:
     """`python -m athenaq --config <name>.json` in tmp_path, its log in `<name>.log`."""
 
     def __init__(self, name: str, tmp_path: Path, db_url: str, endpoint: str, results: Path):
-        port = _free_port()
-        config = _with("server.port", port)
+        port = free_port()
+        config = config_with("server.port", port)
         config["database"]["url"] = db_url
         config["athena"]["endpoint_url"] = endpoint
         config["s3"]["endpoint_url"] = endpoint

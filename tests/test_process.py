@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from athenaq.main import main
 from tests.athena_double import AthenaDouble
-from tests.conftest import DELETE, Client, config_with, wait_for
+from tests.conftest import DELETE, Client, config_with, free_port, wait_for
 
 
 @pytest.mark.parametrize(
@@ -82,18 +81,11 @@ def test_the_example_config_is_valid() -> None:
     assert config.results.dir == "results"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 async def test_serves_logs_json_and_exits_zero_on_a_stop_signal(
     db_url: str, double: AthenaDouble, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
-    port = _free_port()
+    port = free_port()
     config = config_with("server.port", port)
     config["database"]["url"] = db_url
     config["athena"]["endpoint_url"] = double.url

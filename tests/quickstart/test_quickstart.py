@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.conftest import wait_for
-from tests.test_process import _free_port
+from tests.conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 # pip resolving and installing the whole dependency tree takes minutes on a busy machine
@@ -46,7 +45,7 @@ async def test_the_readme_quick_start_runs_on_nothing_but_python(
     newcomer = tmp_path / "newcomer"
     (newcomer / "etc").mkdir(parents=True)
     config = json.loads((ROOT / "etc" / "local.json").read_text())
-    port = _free_port()
+    port = free_port()
     config["server"]["port"] = port  # the README's 8080 may be taken on a shared machine
     (newcomer / "etc" / "local.json").write_text(json.dumps(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

@@ -69,9 +69,14 @@ class Service:
     async def start(self) -> None:
         config = self.config
         try:
-            store = await Store.connect(config.database.url)
+            store = await Store.connect(config.database.url, maxsize=config.database.pool_size)
             self._stack.push_async_callback(store.close)
-            await store.create_schema()
+            if config.database.migrate_on_start:
+                change = await store.create_schema()
+                for step in change.steps:
+                    logger.info("schema changed", step=step, revision=change.after)
+            else:
+                await store.check_schema()
             results = ResultFiles(config.results.dir)
             athena = await self._stack.enter_async_context(await self._open_athena(results))
             await asyncio.to_thread(results.prepare)

@@ -31,6 +31,10 @@ class ServerConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str
+    pool_size: int = 10
+    # False: the server refuses a database whose schema is behind, for fleets that run
+    # `athenaq migrate` once and then roll their processes.
+    migrate_on_start: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,13 @@ class ServerSchema(_Section):
 
 class DatabaseSchema(_Section):
     url = fields.String(required=True, validate=_url(("mysql", "sqlite")))
+    # MySQL/MariaDB connections per process; SQLite always has one.
+    pool_size = fields.Integer(
+        load_default=DatabaseConfig.pool_size, strict=True, validate=validate.Range(min=1, max=1000)
+    )
+    migrate_on_start = fields.Boolean(
+        load_default=DatabaseConfig.migrate_on_start, truthy={True}, falsy={False}
+    )
 
     loads_into = DatabaseConfig
 

@@ -1,4 +1,6 @@
-"""`athenaq --config PATH`: load the config, serve until SIGTERM or SIGINT, exit 0."""
+"""`athenaq serve --config PATH`: load the config, serve until SIGTERM or SIGINT, exit 0.
+`athenaq migrate --config PATH`: bring the database's schema to this release's revision.
+`athenaq --config PATH` is the first releases' form of `serve`."""
 
 from __future__ import annotations
 
@@ -30,15 +32,54 @@ async def serve(config: Config) -> None:
     await service.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
+async def migrate(config: Config) -> int:
+    """Apply the schema revisions the database lacks, saying what was done."""
+    # Imported here: a command needs only its own modules.
+    from athenaq.store import Store
+
+    store = await Store.connect(config.database.url, maxsize=1)
+    try:
+        change = await store.create_schema()
+    finally:
+        await store.close()
+    for step in change.steps:
+        print(f"athenaq migrate: {step}")
+    if not change.steps:
+        print(f"athenaq migrate: the database is at revision {change.after}; nothing to do")
+    return 0
+
+
+COMMANDS = {
+    "serve": "serve the HTTP API and poll Athena (the default)",
+    "migrate": "apply the schema revisions the database lacks, then exit",
+}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="athenaq", description=__doc__)
-    parser.add_argument("--config", required=True, help="path of the JSON config file")
-    args = parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, summary in COMMANDS.items():
+        command = commands.add_parser(name, help=summary, description=summary)
+        command.add_argument("--config", required=True, help="path of the JSON config file")
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["serve", *argv]
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"athenaq: bad config: {exc}", file=sys.stderr)
         return 2
+    if args.command == "migrate":
+        try:
+            return asyncio.run(migrate(config))
+        except Exception as exc:
+            # One line, never a traceback with connection strings in it.
+            print(f"athenaq migrate: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
     setup_logging()
     try:
         asyncio.run(serve(config))

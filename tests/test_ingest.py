@@ -16,7 +16,6 @@ import pytest
 from athenaq.app import Service
 from athenaq.config import Config, S3Config
 from athenaq.local import LocalEngine
-from athenaq.store import MYSQL_SCHEMA, SQLITE_SCHEMA, Store
 from tests.athena_double import AthenaDouble
 from tests.conftest import Client, body, make_config
 
@@ -199,26 +198,3 @@ async def test_real_sql_zero_rows_from_s3(
     status = await finished(client, query_id)
     assert (status["results_source"], status["row_count"]) == ("s3", 0)
     assert (await results(client, query_id))["rows"] == []
-
-
-# -- the store's column ---------------------------------------------------------------
-
-
-async def test_an_older_database_gains_the_results_source_column(db_url: str) -> None:
-    store = await Store.connect(db_url, maxsize=2)
-    try:
-        old_schema = SQLITE_SCHEMA if db_url.startswith("sqlite") else MYSQL_SCHEMA
-        async with store._db.transaction() as execute:
-            for statement in old_schema:
-                old = "\n".join(
-                    line for line in statement.splitlines() if "results_source" not in line
-                )
-                await execute(old, ())
-        record = await store.create("q1", "SELECT 1", "default", "primary", reason="submitted")
-        await store.create_schema()
-        await store.create_schema()  # a second start finds it in place
-        assert await store.update(record, {"results_source": "s3"})
-        stored = await store.get("q1")
-        assert stored is not None and stored.results_source == "s3"
-    finally:
-        await store.close()

@@ -1,0 +1,250 @@
+"""The Store: every query and its transition history.
+
+State changes are compare-and-set on (state, version), so two server processes sharing
+the database cannot both win the same transition. The statements are built once, at
+import, so a request only binds values to a compiled statement SQLAlchemy has cached.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import RowMapping, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from athenaq.clock import utcnow
+from athenaq.states import QueryRecord, QueryState, Transition
+from athenaq.store import schema
+from athenaq.store.database import open_engine, transaction
+from athenaq.store.schema import SchemaChange
+from athenaq.store.tables import queries, query_transitions
+
+# Columns a transition or an update may set; anything else is a programming error.
+MUTABLE_COLUMNS = frozenset(
+    {
+        "state_reason",
+        "athena_execution_id",
+        "run",
+        "cancel_requested_at",
+        "started_at",
+        "completed_at",
+        "results_at",
+        "row_count",
+        "results_source",
+        "data_scanned_bytes",
+        "engine_execution_ms",
+        "queue_ms",
+        "total_execution_ms",
+    }
+)
+
+_GET = select(queries).where(queries.c.id == bindparam("id"))
+_UNFINISHED = (
+    select(queries)
+    .where(queries.c.state.in_([QueryState.QUEUED.value, QueryState.RUNNING.value]))
+    .order_by(queries.c.submitted_at)
+)
+_HISTORY = (
+    select(
+        query_transitions.c.query_id,
+        query_transitions.c.from_state,
+        query_transitions.c.to_state,
+        query_transitions.c.reason,
+        query_transitions.c.at,
+    )
+    .where(query_transitions.c.query_id == bindparam("query_id"))
+    .order_by(query_transitions.c.seq)
+)
+_INSERT_QUERY = insert(queries)
+_INSERT_TRANSITION = insert(query_transitions)
+# The guard that keeps processes correct: the row changes only if nobody else changed it
+# since it was read, and the affected-row count says whether it did. The columns to set
+# come with the values at each call (SQLAlchemy caches a compiled form per set of them);
+# the expected values are bound under names no column has.
+_COMPARE_AND_SET = (
+    update(queries)
+    .where(
+        queries.c.id == bindparam("expected_id"),
+        queries.c.state == bindparam("expected_state"),
+        queries.c.version == bindparam("expected_version"),
+    )
+    .values(version=queries.c.version + 1)
+)
+
+
+def _record(row: RowMapping) -> QueryRecord:
+    return QueryRecord(**{**row, "state": QueryState(row["state"])})
+
+
+def _check_columns(changes: dict[str, Any]) -> None:
+    unknown = set(changes) - MUTABLE_COLUMNS
+    if unknown:
+        raise ValueError(f"not a mutable column: {sorted(unknown)}")
+
+
+async def _compare_and_set(
+    conn: AsyncConnection, current: QueryRecord, columns: dict[str, Any], now: datetime
+) -> bool:
+    result = await conn.execute(
+        _COMPARE_AND_SET,
+        {
+            **columns,
+            "updated_at": now,
+            "expected_id": current.id,
+            "expected_state": current.state.value,
+            "expected_version": current.version,
+        },
+    )
+    return result.rowcount == 1
+
+
+class Store:
+    """Queries and their transitions in MySQL/MariaDB (asyncmy) or SQLite (aiosqlite),
+    through SQLAlchemy Core."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @classmethod
+    async def connect(cls, url: str, *, maxsize: int = 10) -> Store:
+        """Open the store that `url` names, creating the database when it is missing.
+
+        `mysql://user:password@host:port/database` opens a pool of `maxsize`
+        connections, creating the database on the server when it does not have it.
+        `sqlite:///relative/path.db` or `sqlite:////absolute/path.db` opens one connection
+        to the file, creating the file and its folder when missing, in WAL mode so several
+        processes can share it. Raises ValueError for any other URL."""
+        return cls(await open_engine(url, maxsize))
+
+    async def close(self) -> None:
+        """Wait for the statements in flight, then close every connection."""
+        await self._engine.dispose()
+
+    async def create_schema(self) -> SchemaChange:
+        """Bring the schema to this release's revision: create it in an empty database,
+        adopt one made before schema revisions, apply the revisions it lacks. Safe to run
+        at every start, by several processes at once."""
+        return await schema.upgrade(self._engine)
+
+    async def check_schema(self) -> None:
+        """Raise SchemaError unless the schema is at this release's revision."""
+        await schema.check(self._engine)
+
+    async def create(
+        self, query_id: str, sql: str, database: str, workgroup: str, reason: str
+    ) -> QueryRecord:
+        """Store a new QUEUED query and the first row of its history, atomically."""
+        now = utcnow()
+        record = QueryRecord(
+            id=query_id,
+            query_text=sql,
+            database_name=database,
+            workgroup=workgroup,
+            state=QueryState.QUEUED,
+            state_reason=None,
+            athena_execution_id=None,
+            run=1,
+            cancel_requested_at=None,
+            submitted_at=now,
+            started_at=None,
+            completed_at=None,
+            results_at=None,
+            row_count=None,
+            results_source=None,
+            data_scanned_bytes=None,
+            engine_execution_ms=None,
+            queue_ms=None,
+            total_execution_ms=None,
+            version=0,
+            updated_at=now,
+        )
+        async with transaction(self._engine) as conn:
+            await conn.execute(
+                _INSERT_QUERY,
+                {
+                    "id": query_id,
+                    "query_text": sql,
+                    "database_name": database,
+                    "workgroup": workgroup,
+                    "state": record.state.value,
+                    "run": record.run,
+                    "submitted_at": now,
+                    "version": record.version,
+                    "updated_at": now,
+                },
+            )
+            await conn.execute(
+                _INSERT_TRANSITION,
+                {
+                    "query_id": query_id,
+                    "from_state": None,
+                    "to_state": record.state.value,
+                    "reason": reason,
+                    "at": now,
+                },
+            )
+        return record
+
+    async def get(self, query_id: str) -> QueryRecord | None:
+        """The query as stored now, or None when there is no query `query_id`."""
+        async with self._engine.connect() as conn:
+            result = await conn.execute(_GET, {"id": query_id})
+            row = result.mappings().first()
+        return _record(row) if row else None
+
+    async def unfinished(self) -> list[QueryRecord]:
+        """Every QUEUED or RUNNING query, oldest first: what the poller must drive."""
+        async with self._engine.connect() as conn:
+            result = await conn.execute(_UNFINISHED)
+            rows = result.mappings().all()
+        return [_record(row) for row in rows]
+
+    async def transition(
+        self,
+        current: QueryRecord,
+        to_state: QueryState,
+        reason: str | None,
+        changes: dict[str, Any],
+    ) -> bool:
+        """Compare-and-set `current` to `to_state`, appending to the history in the same
+        transaction. False when another writer changed the row since `current` was read."""
+        _check_columns(changes)
+        now = utcnow()
+        async with transaction(self._engine) as conn:
+            if not await _compare_and_set(conn, current, {"state": to_state.value, **changes}, now):
+                return False  # nothing written: the transaction has nothing to undo
+            await conn.execute(
+                _INSERT_TRANSITION,
+                {
+                    "query_id": current.id,
+                    "from_state": current.state.value,
+                    "to_state": to_state.value,
+                    "reason": reason,
+                    "at": now,
+                },
+            )
+        return True
+
+    async def update(self, current: QueryRecord, changes: dict[str, Any]) -> bool:
+        """Compare-and-set columns other than the state (for instance the Athena execution
+        id); False when another writer changed the row since `current` was read."""
+        _check_columns(changes)
+        async with transaction(self._engine) as conn:
+            return await _compare_and_set(conn, current, changes, utcnow())
+
+    async def history(self, query_id: str) -> list[Transition]:
+        """The query's transitions, oldest first."""
+        async with self._engine.connect() as conn:
+            result = await conn.execute(_HISTORY, {"query_id": query_id})
+            rows = result.mappings().all()
+        return [
+            Transition(
+                query_id=row["query_id"],
+                from_state=QueryState(row["from_state"]) if row["from_state"] else None,
+                to_state=QueryState(row["to_state"]),
+                reason=row["reason"],
+                at=row["at"],
+            )
+            for row in rows
+        ]

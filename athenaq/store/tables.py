@@ -1,0 +1,107 @@
+"""The store's tables, defined once for both databases.
+
+Each column's type is what the database had before schema revisions existed, so a
+database made by an earlier release and one made now are the same: MySQL/MariaDB types
+as written, and on SQLite the plain TEXT and INTEGER of the first releases.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CHAR,
+    BigInteger,
+    Column,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeEngine
+
+
+def sqlite_text(mysql_type: TypeEngine[Any]) -> TypeEngine[Any]:
+    """`mysql_type` on MySQL/MariaDB, TEXT on SQLite."""
+    return mysql_type.with_variant(Text(), "sqlite")
+
+
+def sqlite_integer(mysql_type: TypeEngine[int]) -> TypeEngine[int]:
+    """`mysql_type` on MySQL/MariaDB, INTEGER on SQLite (where INTEGER PRIMARY KEY is the rowid)."""
+    return mysql_type.with_variant(Integer(), "sqlite")
+
+
+class Timestamp(TypeDecorator[datetime]):
+    """A naive UTC datetime with microseconds: DATETIME(6) on MySQL/MariaDB; on SQLite, ISO
+    8601 text of one width (always with microseconds), so text order is time order."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Text())
+        return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is not None and dialect.name == "sqlite":
+            return value.isoformat(sep=" ", timespec="microseconds")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is not None and dialect.name == "sqlite":
+            return datetime.fromisoformat(value)
+        return value  # type: ignore[no-any-return]
+
+
+metadata = MetaData()
+
+queries = Table(
+    "queries",
+    metadata,
+    Column("id", sqlite_text(CHAR(36)), primary_key=True),
+    Column("query_text", sqlite_text(mysql.MEDIUMTEXT()), nullable=False),
+    Column("database_name", sqlite_text(String(255)), nullable=False),
+    Column("workgroup", sqlite_text(String(128)), nullable=False),
+    Column("state", sqlite_text(String(16)), nullable=False),
+    Column("state_reason", Text()),
+    Column("athena_execution_id", sqlite_text(String(128))),
+    Column("run", Integer(), nullable=False, server_default=text("1")),
+    Column("cancel_requested_at", Timestamp()),
+    Column("submitted_at", Timestamp(), nullable=False),
+    Column("started_at", Timestamp()),
+    Column("completed_at", Timestamp()),
+    Column("results_at", Timestamp()),
+    Column("row_count", sqlite_integer(BigInteger())),
+    Column("results_source", sqlite_text(String(8))),
+    Column("data_scanned_bytes", sqlite_integer(BigInteger())),
+    Column("engine_execution_ms", sqlite_integer(BigInteger())),
+    Column("queue_ms", sqlite_integer(BigInteger())),
+    Column("total_execution_ms", sqlite_integer(BigInteger())),
+    Column("version", Integer(), nullable=False, server_default=text("0")),
+    Column("updated_at", Timestamp(), nullable=False),
+    Index("queries_state", "state"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+query_transitions = Table(
+    "query_transitions",
+    metadata,
+    Column("seq", sqlite_integer(BigInteger()), primary_key=True, autoincrement=True),
+    Column("query_id", sqlite_text(CHAR(36)), nullable=False),
+    Column("from_state", sqlite_text(String(16))),
+    Column("to_state", sqlite_text(String(16)), nullable=False),
+    Column("reason", Text()),
+    Column("at", Timestamp(), nullable=False),
+    Index("query_transitions_query", "query_id", "seq"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)

@@ -1,0 +1,287 @@
+"""Schema revisions, on the database under test (MariaDB or SQLite, by ATHENAQ_TEST_DB_URL).
+
+The databases of earlier releases come from tests/fixtures/release_25f9e7b/, written by
+tests/fixtures/make_release_fixture.py running the release before schema revisions
+(commit 25f9e7b) itself: its own service and store on SQLite, and its own scripted
+Athena endpoint. The fixture keeps that release's exact DDL per database, every row it
+wrote, its result files and what its API answered. A test here builds that database
+with the release's DDL on the backend under test, loads the rows and the result files,
+upgrades it with the real `athenaq migrate` command, and checks today's service answers
+what the release answered. Loading rows into the release's DDL, rather than running the
+old release in each test, keeps the tests fast and lets one fixture serve MariaDB too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import shutil
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncmy
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection
+
+from athenaq.app import Service
+from athenaq.config import Config
+from athenaq.states import QueryState
+from athenaq.store import SchemaError, Store
+from athenaq.store.database import open_engine, sqlite_path
+from athenaq.store.schema import MIGRATIONS, head
+from athenaq.store.tables import metadata
+from tests.conftest import Client, _admin_params, make_config
+
+FIXTURE = Path(__file__).parent / "fixtures" / "release_25f9e7b"
+# Nothing listens there: the service's Athena calls fail for a passing reason, and the
+# queries the release left unfinished stay as they were.
+NO_ATHENA = "http://127.0.0.1:9"
+
+StartService = Callable[..., Awaitable[Service]]
+
+
+def release(name: str) -> Any:
+    return json.loads((FIXTURE / name).read_text())
+
+
+def release_ddl(url: str, *, first_release: bool = False) -> list[str]:
+    """The release's CREATE statements for `url`'s database; the first release's (no
+    `results_source`) when asked."""
+    backend = "sqlite" if url.startswith("sqlite") else "mysql"
+    statements: list[str] = release("schema.json")[backend]
+    if first_release:
+        statements = [
+            "\n".join(line for line in s.splitlines() if "results_source" not in line)
+            for s in statements
+        ]
+    return statements
+
+
+async def load_release_database(url: str, *, first_release: bool = False) -> None:
+    """The release's database at `url`: its DDL, and every row it wrote."""
+    statements = release_ddl(url, first_release=first_release)
+    inserts = []
+    for table, rows in release("rows.json").items():
+        for row in rows:
+            if first_release:
+                row = {k: v for k, v in row.items() if k != "results_source"}
+            inserts.append((table, list(row), list(row.values())))
+    if url.startswith("sqlite"):
+
+        def write() -> None:
+            with sqlite3.connect(sqlite_path(url)) as conn:
+                for statement in statements:
+                    conn.execute(statement)
+                for table, columns, values in inserts:
+                    marks = ", ".join("?" for _ in columns)
+                    conn.execute(
+                        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", values
+                    )
+
+        await asyncio.to_thread(write)
+        return
+    conn = await asyncmy.connect(**_admin_params(url), db=url.rsplit("/", 1)[1], autocommit=True)
+    try:
+        async with conn.cursor() as cur:
+            for statement in statements:
+                await cur.execute(statement)
+            for table, columns, values in inserts:
+                marks = ", ".join("%s" for _ in columns)
+                await cur.execute(
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", values
+                )
+    finally:
+        await conn.ensure_closed()
+
+
+def release_config(db_url: str, tmp_path: Path, **database: Any) -> tuple[Config, Path]:
+    """A config whose results folder holds the release's result files, and its file."""
+    results = tmp_path / "results"
+    if not results.exists():
+        shutil.copytree(FIXTURE / "results", results)
+    config = make_config(db_url, NO_ATHENA, results)
+    config = dataclasses.replace(config, database=dataclasses.replace(config.database, **database))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(dataclasses.asdict(config)))
+    return config, path
+
+
+async def athenaq(*args: str) -> tuple[int, str, str]:
+    """Run the `athenaq` command; its exit status, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "athenaq",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def nothing_to_do() -> str:
+    """What `athenaq migrate` prints for a database already at this release's revision."""
+    return f"athenaq migrate: the database is at revision {head()}; nothing to do\n"
+
+
+async def schema_differences(url: str) -> list[Any]:
+    """What alembic's autogenerate finds between the database and athenaq/store/tables.py."""
+    engine = await open_engine(url, 1)
+    try:
+        async with engine.connect() as conn:
+            found = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+            )
+    finally:
+        await engine.dispose()
+    # SQLite reports an INTEGER PRIMARY KEY (the rowid, never NULL) as nullable when the
+    # table says only that, as the releases' DDL did; SQLAlchemy writes NOT NULL for it.
+    rowid = ("modify_nullable", None, "query_transitions", "seq")
+    return [diff for diff in found if not (url.startswith("sqlite") and diff[0][:4] == rowid)]
+
+
+async def test_a_release_database_is_upgraded_by_athenaq_migrate_and_served_unchanged(
+    db_url: str, tmp_path: Path, start_service: StartService
+) -> None:
+    await load_release_database(db_url)
+    config, path = release_config(db_url, tmp_path, migrate_on_start=False)
+
+    code, out, err = await athenaq("migrate", "--config", str(path))
+
+    assert code == 0, err
+    assert out.splitlines() == [
+        "athenaq migrate: adopted a database made before schema revisions",
+        f"athenaq migrate: applied revision {head()}: The schema of the releases made before"
+        " schema revisions; adopts their databases.",
+    ]
+    assert await schema_differences(db_url) == []
+    client = Client((await start_service(config)).url)
+    answers = release("answers.json")
+    assert {a["status"]["state"] for a in answers.values()} == {s.value for s in QueryState}
+    refreshes = [t for t in release("rows.json")["query_transitions"] if t["to_state"] == "QUEUED"]
+    assert sum(t["query_id"] == answers["refreshed"]["id"] for t in refreshes) == 3
+    for name, answer in answers.items():
+        status = await client.status(answer["id"])
+        if status["state"] in ("QUEUED", "RUNNING"):
+            # The service tried Athena again at start, and says why that failed.
+            status["state_reason"] = answer["status"]["state_reason"]
+        assert status == answer["status"], name
+        if "results" in answer:
+            page = await client.request("GET", f"/query/{answer['id']}/results?limit=1000")
+            assert json.loads(page.body) == answer["results"], name
+    transitions = release("rows.json")["query_transitions"]
+    store = await Store.connect(db_url, maxsize=1)
+    try:
+        for answer in answers.values():
+            history = [
+                {
+                    "query_id": t.query_id,
+                    "from_state": t.from_state and t.from_state.value,
+                    "to_state": t.to_state.value,
+                    "reason": t.reason,
+                    "at": t.at.isoformat(sep=" ", timespec="microseconds"),
+                }
+                for t in await store.history(answer["id"])
+            ]
+            assert history == [
+                {k: v for k, v in t.items() if k != "seq"}
+                for t in transitions
+                if t["query_id"] == answer["id"]
+            ]
+    finally:
+        await store.close()
+
+
+async def test_a_first_release_database_gains_results_source_and_keeps_its_rows(
+    db_url: str,
+) -> None:
+    await load_release_database(db_url, first_release=True)
+    store = await Store.connect(db_url, maxsize=2)
+    try:
+        change = await store.create_schema()
+        assert (change.before, change.after) == (None, head())
+        assert "adopted a database made before schema revisions" in change.steps
+        assert await schema_differences(db_url) == []
+        for row in release("rows.json")["queries"]:
+            stored = await store.get(row["id"])
+            assert stored is not None
+            assert stored.results_source is None
+            assert stored.version == row["version"]
+            assert stored.submitted_at.isoformat(sep=" ") == row["submitted_at"]
+            assert await store.update(stored, {"results_source": "s3"})
+    finally:
+        await store.close()
+
+
+async def test_athenaq_migrate_is_idempotent(db_url: str, tmp_path: Path) -> None:
+    _, path = release_config(db_url, tmp_path)
+    first = await athenaq("migrate", "--config", str(path))
+    again = await athenaq("migrate", "--config", str(path))
+    assert first[:2] == (0, f"athenaq migrate: created the schema at revision {head()}\n")
+    assert again[:2] == (0, nothing_to_do())
+    assert await schema_differences(db_url) == []
+
+
+async def test_a_server_not_migrating_on_start_refuses_a_database_behind(
+    db_url: str, tmp_path: Path, start_service: StartService
+) -> None:
+    await load_release_database(db_url)
+    config, path = release_config(db_url, tmp_path, migrate_on_start=False)
+
+    code, _, err = await athenaq("serve", "--config", str(path))
+
+    assert code == 1
+    (line,) = err.splitlines()
+    logged = json.loads(line)
+    assert logged["message"] == "could not start"
+    assert "run `athenaq migrate`" in logged["error"]
+    with pytest.raises(SchemaError, match="at no schema revision"):
+        await start_service(config)
+    # Nothing was changed: the database is still the release's, and migrates as one.
+    assert (await athenaq("migrate", "--config", str(path)))[1].startswith(
+        "athenaq migrate: adopted"
+    )
+    await start_service(config)
+
+
+async def test_the_revisions_make_the_tables_the_store_defines(db_url: str) -> None:
+    # A fresh database is made from tables.py and stamped; here the revisions run instead,
+    # from nothing, and must give the same schema.
+    engine = await open_engine(db_url, 1)
+    try:
+
+        def upgrade(sync: Connection) -> None:
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = sync
+            command.upgrade(config, "head")
+
+        async with engine.connect() as conn:
+            await conn.run_sync(upgrade)
+    finally:
+        await engine.dispose()
+    assert await schema_differences(db_url) == []
+
+
+@pytest.mark.parametrize("database", ["empty", "release"])
+async def test_processes_starting_together_make_or_adopt_the_schema_once(
+    db_url: str, tmp_path: Path, database: str
+) -> None:
+    if database == "release":
+        await load_release_database(db_url)
+    _, path = release_config(db_url, tmp_path)
+    runs = await asyncio.gather(*(athenaq("migrate", "--config", str(path)) for _ in range(4)))
+    assert [code for code, _, _ in runs] == [0] * 4, runs
+    (did,) = [out for _, out, _ in runs if out != nothing_to_do()]
+    assert ("created the schema" if database == "empty" else "adopted") in did
+    assert await schema_differences(db_url) == []

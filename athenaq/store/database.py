@@ -19,11 +19,11 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import URL, NullPool, text
+from sqlalchemy import URL, Connection, Engine, NullPool, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -149,24 +149,20 @@ async def _use_wal(conn: AsyncConnection) -> None:
         await asyncio.sleep(0.01)
 
 
-def begin_statement(conn: AsyncConnection) -> str:
-    """How a write transaction begins on this connection's database."""
-    return "BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN"
-
-
-@contextlib.asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection whose statements commit together when the block ends, or not at all."""
-    async with engine.connect() as conn:
-        await conn.exec_driver_sql(begin_statement(conn))
+@contextlib.contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection whose statements commit together when the block ends, or not at all.
+    Synchronous: it runs inside the greenlet of a store operation (see queries.py)."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN")
         try:
             yield conn
         except BaseException:
             try:
-                await conn.exec_driver_sql("ROLLBACK")
+                conn.exec_driver_sql("ROLLBACK")
             except Exception:
                 # A cancelled or broken connection may not take the rollback: it is closed
                 # rather than pooled, and the server undoes what it had not committed.
-                await conn.invalidate()
+                conn.invalidate()
             raise
-        await conn.exec_driver_sql("COMMIT")
+        conn.exec_driver_sql("COMMIT")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +28,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import ResolutionError
-from sqlalchemy import Connection, inspect, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from athenaq.store.database import transaction
 from athenaq.store.tables import metadata
@@ -105,20 +106,20 @@ def _upgrade(sync: Connection) -> SchemaChange:
     return SchemaChange(before, target, tuple(steps))
 
 
-@contextlib.asynccontextmanager
-async def _schema_lock(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+@contextlib.contextmanager
+def _schema_lock(engine: Engine) -> Iterator[Connection]:
     if engine.dialect.name == "sqlite":
         # SQLite's DDL is transactional: the whole change commits at once, or not at all.
-        async with transaction(engine) as conn:
+        with transaction(engine) as conn:
             yield conn
         return
     # MySQL/MariaDB commit each DDL statement on its own; a named lock keeps a second
     # process from changing the schema meanwhile. It is the server's, not the database's,
     # hence the database in its name (cut to MySQL's 64 characters: a clash only makes
     # two databases take turns).
-    async with engine.connect() as conn:
+    with engine.connect() as conn:
         name = f"athenaq.schema.{engine.url.database}"[:64]
-        got = await conn.scalar(
+        got = conn.scalar(
             text("SELECT GET_LOCK(:name, :timeout)"),
             {"name": name, "timeout": SCHEMA_LOCK_TIMEOUT_SECONDS},
         )
@@ -131,13 +132,17 @@ async def _schema_lock(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         finally:
             # A connection that broke has lost the lock with it.
             with contextlib.suppress(Exception):
-                await conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+
+
+def _locked_upgrade(engine: Engine) -> SchemaChange:
+    with _schema_lock(engine) as conn:
+        return _upgrade(conn)
 
 
 async def upgrade(engine: AsyncEngine) -> SchemaChange:
     """Bring the database to this release's revision; safe to run by several processes."""
-    async with _schema_lock(engine) as conn:
-        return await conn.run_sync(_upgrade)
+    return await greenlet_spawn(_locked_upgrade, engine.sync_engine)
 
 
 async def check(engine: AsyncEngine) -> None:

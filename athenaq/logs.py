@@ -71,6 +71,8 @@ def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     # One access line per request comes from log_request; Tornado's own would repeat it.
     logging.getLogger("tornado.access").disabled = True
+    # Alembic says at INFO what it loads and runs; the store logs each schema step itself.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def log_request(handler: RequestHandler) -> None:

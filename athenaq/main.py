@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from importlib.metadata import version
 
 from loguru import logger
 
@@ -55,13 +56,24 @@ COMMANDS = {
 }
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="athenaq", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"athenaq {version('athenaq')}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, summary in COMMANDS.items():
         command = commands.add_parser(name, help=summary, description=summary)
         command.add_argument("--config", required=True, help="path of the JSON config file")
-    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+    commands.choices["serve"].add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="the least severe log lines written (default INFO; DEBUG adds the engine's)",
+    )
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv = ["serve", *argv]
     return parser.parse_args(argv)
 
@@ -80,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             # One line, never a traceback with connection strings in it.
             print(f"athenaq migrate: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
-    setup_logging()
+    setup_logging(level=args.log_level)
     try:
         asyncio.run(serve(config))
     except Exception as exc:

@@ -80,6 +80,7 @@ class Poller:
 
     async def tick(self) -> None:
         """One round over the unfinished queries; errors are per query, never fatal."""
+        started = time.monotonic()
         try:
             records = await self.store.unfinished()
         except Exception:
@@ -93,12 +94,18 @@ class Poller:
             for r in records
             if r.athena_execution_id is not None and not self.tasks.running(DOWNLOAD, r.id)
         }
-        if not watched:
-            return
-        executions, missing = await self._fetch(list(watched))
-        await self._bounded(self._observe(watched[e.execution_id], e) for e in executions)
-        await self._bounded(
-            self.machine.execution_lost(watched[i].id, i, message) for i, message in missing
+        if watched:
+            executions, missing = await self._fetch(list(watched))
+            await self._bounded(self._observe(watched[e.execution_id], e) for e in executions)
+            await self._bounded(
+                self.machine.execution_lost(watched[i].id, i, message) for i, message in missing
+            )
+        logger.debug(
+            "poll tick",
+            unfinished=len(records),
+            asked_athena=len(watched),
+            downloads=self.tasks.count(DOWNLOAD),
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 
     async def _observe(self, record: QueryRecord, execution: Execution) -> None:

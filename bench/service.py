@@ -61,7 +61,7 @@ import asyncmy
 import psutil  # type: ignore[import-untyped]
 from loguru import logger
 
-from athenaq.store import MYSQL_SCHEMA
+from athenaq.store import Store
 from results import AWS_ENV, Processes, engine_url, server_url, wait_for_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,7 +265,11 @@ async def create_databases(server: str, names: list[str], seed_rows: int) -> Non
     others given a copy of the same rows."""
     for name in names:
         await execute(server, f"DROP DATABASE IF EXISTS `{name}`", f"CREATE DATABASE `{name}`")
-        await execute(f"{server}/{name}", *MYSQL_SCHEMA)
+        store = await Store.connect(f"{server}/{name}", maxsize=1)
+        try:
+            await store.create_schema()  # athenaq's own tables, at its newest revision
+        finally:
+            await store.close()
     conn = await asyncmy.connect(**connect_args(f"{server}/{names[0]}"), autocommit=True)
     try:
         async with conn.cursor() as cur:
@@ -573,9 +577,8 @@ def unprofiled(cpu_ms_per_read: float) -> list[str]:
     """The status path's suspects timed here, without a profiler (which inflates code made
     of many small calls, such as deepcopy), against the server's CPU per read measured."""
     from athenaq.logs import setup_logging
-    from athenaq.machine import QueryState
     from athenaq.schemas import StatisticsSchema, StatusSchema
-    from athenaq.store import QueryRecord
+    from athenaq.states import QueryRecord, QueryState
 
     seeded = dict(zip(SEED_COLUMNS, seed_row(0), strict=True))
     unseeded = dict.fromkeys(QueryRecord.__dataclass_fields__)

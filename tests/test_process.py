@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,17 @@ from tornado.httpclient import AsyncHTTPClient
 from athenaq.main import main
 from tests.athena_double import AthenaDouble
 from tests.conftest import DELETE, Client, config_with, free_port, wait_for
+
+
+def test_version_and_a_bad_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"athenaq {version('athenaq')}\n"
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--config", "config.json", "--log-level", "chatty"])
+    assert exited.value.code == 2
+    assert "--log-level: invalid choice: 'CHATTY'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -91,8 +103,14 @@ async def test_serves_logs_json_and_exits_zero_on_a_stop_signal(
     config["athena"]["endpoint_url"] = double.url
     config["poller"]["interval_seconds"] = 0.05
     (tmp_path / "config.json").write_text(json.dumps(config))
+    # The first releases' form of the command, and `serve` with the most verbose logs.
+    command = (
+        ["--config", "config.json"]
+        if stop_signal == signal.SIGTERM
+        else ["serve", "--config", "config.json", "--log-level", "debug"]
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "athenaq", "--config", "config.json"],
+        [sys.executable, "-m", "athenaq", *command],
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
@@ -136,4 +154,6 @@ async def test_serves_logs_json_and_exits_zero_on_a_stop_signal(
     assert {c["state"] for c in changes if c["query_id"] == query_id} >= {"QUEUED", "SUCCEEDED"}
     assert any(c.get("athena_query_execution_id") for c in changes)
     assert lines[-1]["message"] == "stopped"
+    debug = any(line["level"] == "DEBUG" for line in lines)
+    assert debug == (stop_signal == signal.SIGINT)
     assert "s3cr3t" not in stderr and "secret-key-id" not in stderr

@@ -459,7 +459,7 @@ async def measure(servers: list[Server], ids: list[str], args: argparse.Namespac
         for server in servers:
             for kind in ("status", "submit"):
                 await load.run(getattr(load, kind), server.base, WARMUP_SECONDS)
-            if server.name == "athenaq":
+            if server.name != "bare":
                 await settle(server.db_url)
         for number in range(1, args.rounds + 1):
             line = []
@@ -701,14 +701,21 @@ def machine(load_before: str) -> str:
     )
 
 
-def report(bare: Server, athenaq: Server, args: argparse.Namespace, load_before: str) -> str:
+def report(
+    bare: Server,
+    athenaq: Server,
+    args: argparse.Namespace,
+    load_before: str,
+    baseline: Server | None = None,
+) -> str:
     def median(server: Server, kind: str, figure: Callable[[Round], float]) -> float:
         return statistics.median(figure(r) for r in server.rounds[kind])
 
+    extra = " | baseline | baseline / bare" if baseline else ""
     lines = [
         f"| {args.rounds} rounds of {args.duration:g} s, {args.concurrency} connections"
-        " | bare | athenaq | athenaq / bare |",
-        "|---|---:|---:|---:|",
+        f" | bare | athenaq | athenaq / bare{extra} |",
+        "|---|---:|---:|---:|" + ("---:|---:|" if baseline else ""),
     ]
     for kind, label in (("status", "status reads"), ("submit", "submits")):
         for name, figure, form in (
@@ -720,20 +727,26 @@ def report(bare: Server, athenaq: Server, args: argparse.Namespace, load_before:
             (" load generator CPU per request (ms)", lambda r: r.client_cpu_ms, "{:.2f}"),
         ):
             ours, theirs = median(athenaq, kind, figure), median(bare, kind, figure)
-            lines.append(
-                f"| {label}{name} | {form.format(theirs)} | {form.format(ours)}"
-                f" | {ours / theirs:.2f} |"
-            )
-    bound = {
-        kind: median(bare, kind, lambda r: r.cpu_ms) / median(athenaq, kind, lambda r: r.cpu_ms)
-        for kind in ("status", "submit")
-    }
+            row = f"| {label}{name} | {form.format(theirs)} | {form.format(ours)}"
+            row += f" | {ours / theirs:.2f} |"
+            if baseline:
+                before = median(baseline, kind, figure)
+                row += f" {form.format(before)} | {before / theirs:.2f} |"
+            lines.append(row)
+
+    def bound(server: Server) -> str:
+        # The rates depend on what else runs on the machine; the CPU per request does not.
+        ratios = {
+            kind: median(bare, kind, lambda r: r.cpu_ms) / median(server, kind, lambda r: r.cpu_ms)
+            for kind in ("status", "submit")
+        }
+        return f"status reads {ratios['status']:.2f}, submits {ratios['submit']:.2f}"
+
     lines += [
         "",
-        # The rates depend on what else runs on the machine; the CPU per request does not.
         "What the rate ratio becomes when each server is held by its own CPU (bare CPU per"
-        f" request / athenaq's): status reads {bound['status']:.2f},"
-        f" submits {bound['submit']:.2f}.",
+        f" request / athenaq's): {bound(athenaq)}"
+        + (f"; baseline ({args.baseline}): {bound(baseline)}." if baseline else "."),
         f"Medians over the rounds. athenaq's submits include sending each query to Athena"
         f" ({SUBMIT_SQL!r}) in the background; poller interval {args.poller_interval:g} s.",
         f"Machine: {machine(load_before)}",
@@ -768,6 +781,8 @@ async def run(processes: Processes, work: Path, args: argparse.Namespace) -> str
     names = [f"{args.database}_athenaq", f"{args.database}_bare"]
     if args.profile:
         names.append(f"{args.database}_profile")
+    if args.baseline:
+        names.append(f"{args.database}_baseline")
     await create_databases(args.db, names, args.seed_rows)
     ids = [str(uuid.UUID(int=i + 1)) for i in range(args.seed_rows)]
     env = {**os.environ, **AWS_ENV}
@@ -793,8 +808,24 @@ async def run(processes: Processes, work: Path, args: argparse.Namespace) -> str
         log = work / "bare.log"
         child = processes.start([sys.executable, __file__, "bare", bare_db], log, env)
         bare = Server("bare", wait_for_line("bare", child, log, engine_url), child.pid, bare_db)
-        await measure([bare, athenaq], ids, args)
-        table = report(bare, athenaq, args, load_before)
+        servers = [bare, athenaq]
+        baseline = None
+        if args.baseline:
+            # Another commit's athenaq, from its source tree, on a database of its own.
+            baseline_db = f"{args.db}/{names[-1]}"
+            config = work / "baseline.json"
+            config.write_text(json.dumps(athenaq_config(work, baseline_db, endpoint, args)))
+            log = work / "baseline.log"
+            child = processes.start(
+                [sys.executable, "-m", "athenaq", "--config", str(config)],
+                log,
+                {**env, "PYTHONPATH": args.baseline},
+            )
+            url = wait_for_line("baseline", child, log, server_url)
+            baseline = Server("baseline", url, child.pid, baseline_db)
+            servers.append(baseline)
+        await measure(servers, ids, args)
+        table = report(bare, athenaq, args, load_before, baseline)
         if args.profile:
             profiles = await profile(processes, work, endpoint, args, ids, names[2])
             cpu_ms = statistics.median(r.cpu_ms for r in athenaq.rounds["status"])
@@ -834,7 +865,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="prefix of the databases created and dropped",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure the athenaq of this source tree (another commit, e.g. from"
+        " `git worktree add`) in the same rounds, on a database of its own",
+    )
     args = parser.parse_args(argv)
+    if args.baseline:
+        # The servers run in a folder of their own: a relative path would not name it there.
+        args.baseline = os.path.abspath(args.baseline)
     if args.rounds < 1 or args.duration <= 0 or args.concurrency < 1 or args.seed_rows < 1:
         parser.error("--rounds, --duration, --concurrency and --seed-rows must be positive")
     return args

@@ -32,30 +32,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from athenaq.clock import utcnow
-from athenaq.states import QueryRecord, QueryState, Transition
+from athenaq.states import EXECUTION_FIELDS, QueryRecord, QueryState, Transition
 from athenaq.store import schema
 from athenaq.store.database import open_engine, transaction
 from athenaq.store.schema import SchemaChange
 from athenaq.store.tables import queries, query_transitions
 
 # Columns a transition or an update may set; anything else is a programming error.
-MUTABLE_COLUMNS = frozenset(
-    {
-        "state_reason",
-        "athena_execution_id",
-        "run",
-        "cancel_requested_at",
-        "started_at",
-        "completed_at",
-        "results_at",
-        "row_count",
-        "results_source",
-        "data_scanned_bytes",
-        "engine_execution_ms",
-        "queue_ms",
-        "total_execution_ms",
-    }
-)
+MUTABLE_COLUMNS = frozenset({"state_reason", "run", *EXECUTION_FIELDS})
 
 _GET = select(queries).where(queries.c.id == bindparam("id"))
 _UNFINISHED = (

@@ -14,7 +14,7 @@ from loguru import logger
 from athenaq.athena import Athena, AthenaCallError
 from athenaq.clock import utcnow
 from athenaq.machine import Machine
-from athenaq.states import Event, QueryState
+from athenaq.states import Event, QueryRecord, QueryState
 from athenaq.store import Store
 from athenaq.tasks import TaskRegistry
 
@@ -31,22 +31,26 @@ class Launcher:
         self.machine = machine
         self.tasks = tasks
 
-    def launch_soon(self, query_id: str) -> None:
-        """Send the query to Athena in the background, unless a start is under way."""
-        self.tasks.spawn(LAUNCH, query_id, self.launch(query_id))
+    def launch_soon(self, query_id: str, written: QueryRecord | None = None) -> None:
+        """Send the query to Athena in the background, unless a start is under way.
+
+        `written` is the record as the caller has just written it (a submit, a refresh):
+        the start needs no read of it then. A stale one costs nothing worse than a lost
+        compare-and-set, and the start's token keeps Athena from running it twice."""
+        self.tasks.spawn(LAUNCH, query_id, self.launch(query_id, written))
 
     async def wait(self) -> None:
         """Wait for the starts in flight: an execution started but not recorded would run
         untracked."""
         await self.tasks.wait(LAUNCH)
 
-    async def launch(self, query_id: str) -> None:
+    async def launch(self, query_id: str, written: QueryRecord | None = None) -> None:
         """Send a QUEUED query that has no Athena execution yet to Athena.
 
         A throttled or failed call leaves it QUEUED for the poller to try again;
         Athena refusing the query itself fails it."""
         async with self.machine.lock(query_id):
-            current = await self.store.get(query_id)
+            current = written or await self.store.get(query_id)
             if current is None or current.state != QueryState.QUEUED or current.athena_execution_id:
                 return
             token = f"athenaq-{current.id}-{current.run}"

@@ -82,7 +82,7 @@ class SubmitHandler(BaseHandler):
         if len(request["query"].encode("utf-8")) > MAX_QUERY_BYTES:
             raise PayloadTooLarge(f"query: over {MAX_QUERY_BYTES} bytes, Athena's limit")
         record = await self.machine.submit(request["query"])
-        self.launcher.launch_soon(record.id)
+        self.launcher.launch_soon(record.id, record)
         self.set_header("Location", f"/query/{record.id}/status")
         self.write_json(_STATE.dump(record), status=202)
 
@@ -224,7 +224,7 @@ class RefreshHandler(BaseHandler):
 
     async def post(self, segment: str) -> None:
         record = await self.machine.refresh(self.query_id(segment))
-        self.launcher.launch_soon(record.id)
+        self.launcher.launch_soon(record.id, record)
         self.set_header("Location", f"/query/{record.id}/status")
         self.write_json(_STATE.dump(record), status=202)
 

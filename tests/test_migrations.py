@@ -14,6 +14,7 @@ old release in each test, keeps the tests fast and lets one fixture serve MariaD
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -77,7 +78,8 @@ async def load_release_database(url: str, *, first_release: bool = False) -> Non
     if url.startswith("sqlite"):
 
         def write() -> None:
-            with sqlite3.connect(sqlite_path(url)) as conn:
+            # closing(): a connection's own `with` commits but does not close it.
+            with contextlib.closing(sqlite3.connect(sqlite_path(url))) as conn, conn:
                 for statement in statements:
                     conn.execute(statement)
                 for table, columns, values in inserts:

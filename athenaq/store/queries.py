@@ -197,21 +197,11 @@ class Store:
             workgroup=workgroup,
             state=QueryState.QUEUED,
             state_reason=None,
-            athena_execution_id=None,
             run=1,
-            cancel_requested_at=None,
             submitted_at=now,
-            started_at=None,
-            completed_at=None,
-            results_at=None,
-            row_count=None,
-            results_source=None,
-            data_scanned_bytes=None,
-            engine_execution_ms=None,
-            queue_ms=None,
-            total_execution_ms=None,
             version=0,
             updated_at=now,
+            **dict.fromkeys(EXECUTION_FIELDS),  # no execution yet
         )
         await greenlet_spawn(self._insert, record, reason)
         return record

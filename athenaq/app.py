@@ -14,7 +14,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from athenaq.athena import Athena
-from athenaq.auth import AllowEveryone, Authorizer
+from athenaq.auth import AllowEveryone, ApiKeys, Authorizer
 from athenaq.config import EMBEDDED, Config, S3Config
 from athenaq.handlers import health, queries
 from athenaq.handlers.base import Context, NotFoundHandler
@@ -23,7 +23,9 @@ from athenaq.launcher import Launcher
 from athenaq.logs import log_request
 from athenaq.lookup import Lookup
 from athenaq.machine import Machine
+from athenaq.policy import Policy
 from athenaq.poller import Poller
+from athenaq.ratelimit import RateLimiter
 from athenaq.results import ResultFiles
 from athenaq.store import Store
 from athenaq.tasks import TaskRegistry
@@ -53,8 +55,9 @@ class Service:
     """athenaq in one process: `start()` opens everything and listens, `stop()` undoes it."""
 
     def __init__(self, config: Config, *, authorizer: Authorizer | None = None) -> None:
+        """`authorizer` replaces the one `auth.mode` chooses."""
         self.config = config
-        self.authorizer = authorizer or AllowEveryone()
+        self.authorizer = authorizer
         self.port = 0
         self._stack = contextlib.AsyncExitStack()
         self._server: HTTPServer | None = None
@@ -87,6 +90,7 @@ class Service:
                 results,
                 Ingest(athena, results),
                 lookup,
+                Policy(store),
                 database=config.athena.database,
                 workgroup=config.athena.workgroup,
             )
@@ -95,9 +99,14 @@ class Service:
                 machine=machine,
                 lookup=lookup,
                 launcher=launcher,
-                authorizer=self.authorizer,
+                authorizer=self.authorizer or self._authorizer(store),
                 retry_after=max(1, round(config.poller.interval_seconds)),
                 max_body_bytes=config.server.max_body_bytes,
+                rate_limiter=(
+                    RateLimiter(config.auth.requests_per_second)
+                    if config.auth.requests_per_second
+                    else None
+                ),
             )
             app = make_app(self._ctx)
             sockets = bind_sockets(config.server.port, config.server.host)
@@ -119,6 +128,11 @@ class Service:
             await self._stack.aclose()
             raise
         logger.info("listening", url=self.url, results_dir=str(results.directory))
+
+    def _authorizer(self, store: Store) -> Authorizer:
+        if self.config.auth.mode == "api_keys":
+            return ApiKeys(store)
+        return AllowEveryone(self.config.sql.default_statements)
 
     async def _open_athena(
         self, results: ResultFiles

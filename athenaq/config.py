@@ -64,6 +64,24 @@ class PollerConfig:
     max_concurrent_downloads: int = 4
 
 
+AUTH_MODES = ("none", "api_keys")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # "none": everyone is "anonymous" with every scope; "api_keys": Bearer keys.
+    mode: str = "none"
+    # Requests per second per key (a token bucket, burst twice that); None: no limit.
+    requests_per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class SqlConfig:
+    # The statement kinds of a key made without --statements, and of "anonymous" when
+    # keys are off; None: any kind, unparsed, as Athena takes it.
+    default_statements: frozenset[str] | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig
@@ -72,6 +90,8 @@ class Config:
     s3: S3Config
     results: ResultsConfig
     poller: PollerConfig
+    auth: AuthConfig = AuthConfig()
+    sql: SqlConfig = SqlConfig()
 
 
 EMBEDDED = "embedded"
@@ -163,6 +183,35 @@ class PollerSchema(_Section):
     loads_into = PollerConfig
 
 
+class AuthSchema(_Section):
+    mode = fields.String(
+        load_default=AuthConfig.mode,
+        validate=validate.OneOf(AUTH_MODES, error="must be one of: {choices}"),
+    )
+    requests_per_second = fields.Float(
+        load_default=None, allow_none=True, validate=validate.Range(min=0.01, max=1_000_000)
+    )
+
+    loads_into = AuthConfig
+
+
+class StatementKinds(fields.List[str]):
+    """A list of statement kinds, loaded as a frozenset."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        return frozenset(super()._deserialize(value, attr, data, **kwargs))
+
+
+class SqlSchema(_Section):
+    default_statements = StatementKinds(
+        fields.String(validate=validate.Regexp(r"^[A-Z_]{1,32}$", error="not a statement kind")),
+        load_default=None,
+        allow_none=True,
+    )
+
+    loads_into = SqlConfig
+
+
 class ConfigSchema(_Section):
     server = fields.Nested(ServerSchema, required=True)
     database = fields.Nested(DatabaseSchema, required=True)
@@ -170,6 +219,8 @@ class ConfigSchema(_Section):
     s3 = fields.Nested(S3Schema, required=True)
     results = fields.Nested(ResultsSchema, required=True)
     poller = fields.Nested(PollerSchema, required=True)
+    auth = fields.Nested(AuthSchema, load_default=AuthConfig())
+    sql = fields.Nested(SqlSchema, load_default=SqlConfig())
 
     loads_into = Config
 

@@ -30,6 +30,10 @@ class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["WWW-Authenticate"] = 'Bearer realm="athenaq"'
+
 
 class Forbidden(ApiError):
     status = 403
@@ -110,6 +114,28 @@ class Conflict(ApiError):
 
     status = 409
     code = "illegal_transition"
+
+
+class TooManyRequests(ApiError):
+    """A limit of the caller's key; `Retry-After` says when it may pass."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(max(1, retry_after))
+
+
+class TooManyQueries(TooManyRequests):
+    code = "too_many_queries"
+
+
+class QuotaExceeded(TooManyRequests):
+    code = "quota_exceeded"
+
+
+class RateLimited(TooManyRequests):
+    code = "rate_limited"
 
 
 class ServiceUnavailable(ApiError):

@@ -13,6 +13,7 @@ from loguru import logger
 
 from athenaq.athena import Athena, AthenaCallError
 from athenaq.clock import utcnow
+from athenaq.identity import POLLER
 from athenaq.machine import Machine
 from athenaq.states import Event, QueryRecord, QueryState
 from athenaq.store import Store
@@ -63,6 +64,7 @@ class Launcher:
                     await self.machine.apply(
                         current,
                         Event.FAIL,
+                        by=POLLER,
                         reason=f"Athena refused the query: {exc}",
                         changes={"completed_at": utcnow()},
                     )

@@ -80,6 +80,8 @@ def log_request(handler: RequestHandler) -> None:
     status = handler.get_status()
     level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
     request = handler.request
+    # Set by prepare() once the caller is known; never the key itself.
+    caller = getattr(handler, "_current_user", None)
     logger.log(
         level,
         "request",
@@ -88,4 +90,5 @@ def log_request(handler: RequestHandler) -> None:
         status=status,
         duration_ms=round(request.request_time() * 1000, 1),
         remote_ip=request.remote_ip,
+        user=getattr(caller, "name", None),
     )

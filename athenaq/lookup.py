@@ -4,6 +4,7 @@ nothing; the machine is the only writer."""
 from __future__ import annotations
 
 from athenaq.errors import QueryCancelled, QueryFailed, QueryNotFound, QueryRunning, ResultsMissing
+from athenaq.identity import Caller
 from athenaq.results import ResultFiles, ResultReader
 from athenaq.states import QueryRecord, QueryState
 from athenaq.store import Store
@@ -20,17 +21,19 @@ class Lookup:
         self.store = store
         self.results = results
 
-    async def get(self, query_id: str) -> QueryRecord:
-        """The query as stored now; QueryNotFound when there is none."""
+    async def get(self, query_id: str, caller: Caller | None = None) -> QueryRecord:
+        """The query as stored now; QueryNotFound when there is none, or when `caller` is
+        given and neither owns it nor sees all (another owner's query is not there for
+        it, so its id reveals nothing)."""
         record = await self.store.get(query_id)
-        if record is None:
+        if record is None or (caller is not None and not caller.owns(record.owner)):
             raise QueryNotFound(query_id)
         return record
 
-    async def open_results(self, query_id: str) -> tuple[QueryRecord, ResultReader]:
+    async def open_results(self, query_id: str, caller: Caller) -> tuple[QueryRecord, ResultReader]:
         """A SUCCEEDED query's stored results, opened (the caller closes the reader);
         the state's error otherwise."""
-        record = await self.get(query_id)
+        record = await self.get(query_id, caller)
         for _ in range(READ_ATTEMPTS):
             if record.state == QueryState.CANCELLED:
                 raise QueryCancelled(query_id)

@@ -23,17 +23,23 @@ from athenaq.errors import (
     QueryFinished,
     QueryRunning,
     ServiceUnavailable,
+    TooManyQueries,
 )
+from athenaq.identity import POLLER, Caller
 from athenaq.ingest import Ingest
 from athenaq.lookup import Lookup
+from athenaq.policy import Policy
 from athenaq.results import ResultFiles
 from athenaq.states import EXECUTION_FIELDS, Event, QueryRecord, QueryState, next_state
 from athenaq.store import Store
+from athenaq.store.keys import RunningLimitReached
 from athenaq.tasks import KeyedLock
 
 Q = QueryState
 # How often an operation re-reads and tries again when another process changed the query.
 RACE_RETRIES = 5
+# When a caller at its max_running may try again: queries take seconds at the least.
+RUNNING_LIMIT_RETRY_SECONDS = 5
 
 
 class Machine:
@@ -46,11 +52,13 @@ class Machine:
         results: ResultFiles,
         ingest: Ingest,
         lookup: Lookup,
+        policy: Policy,
         *,
         database: str,
         workgroup: str,
     ) -> None:
         self.store = store
+        self.policy = policy
         self.athena = athena
         self.results = results
         self.ingest = ingest
@@ -66,19 +74,29 @@ class Machine:
         current: QueryRecord,
         event: Event,
         *,
+        by: str,
         reason: str | None = None,
         changes: Mapping[str, Any] | None = None,
+        running_limit: int | None = None,
     ) -> QueryRecord | None:
-        """Apply `event` to the query as last read (`current`).
+        """Apply `event`, caused by `by` (a key's name, "poller"), to the query as last
+        read (`current`).
 
-        Raises IllegalTransition when the table forbids the move. Returns the new
-        record, or None when another writer changed the query since it was read
-        (the compare-and-set lost): the caller re-reads and decides again."""
+        Raises IllegalTransition when the table forbids the move, TooManyQueries when it
+        would make the owner's unfinished queries more than `running_limit`. Returns the
+        new record, or None when another writer changed the query since it was read (the
+        compare-and-set lost): the caller re-reads and decides again."""
         target = next_state(current.state, event)
         columns = dict(changes or {})
         columns["state_reason"] = reason if target in (Q.FAILED, Q.CANCELLED) else None
-        fields = {"query_id": current.id, "event": event.value}
-        if not await self.store.transition(current, target, reason, columns):
+        fields = {"query_id": current.id, "event": event.value, "by": by}
+        try:
+            moved = await self.store.transition(
+                current, target, reason, columns, by=by, running_limit=running_limit
+            )
+        except RunningLimitReached as exc:
+            raise _too_many(exc) from None
+        if not moved:
             logger.info("transition lost a race", state=current.state.value, **fields)
             return None
         logger.info(
@@ -95,25 +113,49 @@ class Machine:
 
     # -- what clients ask -------------------------------------------------------------
 
-    async def submit(self, sql: str) -> QueryRecord:
-        """Record a new QUEUED query (the launcher sends it to Athena)."""
-        record = await self.store.create(
-            str(uuid.uuid4()), sql, self.database, self.workgroup, reason="submitted"
+    async def submit(self, sql: str, caller: Caller) -> QueryRecord:
+        """Record a new QUEUED query of `caller` (the launcher sends it to Athena)."""
+        await self.policy.admit(caller, self.database, self.workgroup)
+        try:
+            record = await self.store.create(
+                str(uuid.uuid4()),
+                sql,
+                self.database,
+                self.workgroup,
+                reason="submitted",
+                owner=caller.name,
+                running_limit=caller.max_running,
+            )
+        except RunningLimitReached as exc:
+            raise _too_many(exc) from None
+        logger.info(
+            "state changed",
+            query_id=record.id,
+            state=record.state.value,
+            event="submit",
+            by=caller.name,
         )
-        logger.info("state changed", query_id=record.id, state=record.state.value, event="submit")
         return record
 
-    async def refresh(self, query_id: str) -> QueryRecord:
-        """Put a finished query back to QUEUED for a new Athena execution.
+    async def refresh(self, query_id: str, caller: Caller) -> QueryRecord:
+        """Put a finished query of `caller`'s back to QUEUED for a new Athena execution.
 
         The state leaves SUCCEEDED before the old result file is removed, so no
         reader is ever handed the old results as the new ones."""
         async with self.lock(query_id):
-            current = await self.lookup.get(query_id)
+            current = await self.lookup.get(query_id, caller)
             if not current.is_finished:
                 raise QueryRunning(current.id, current.state.value)
+            await self.policy.admit(caller, current.database_name, current.workgroup)
             changes = {**dict.fromkeys(EXECUTION_FIELDS), "run": current.run + 1}
-            refreshed = await self.apply(current, Event.REFRESH, reason="refresh", changes=changes)
+            refreshed = await self.apply(
+                current,
+                Event.REFRESH,
+                by=caller.name,
+                reason="refresh",
+                changes=changes,
+                running_limit=caller.max_running,
+            )
             if refreshed is None:
                 # Another process refreshed it first: it is QUEUED or further now.
                 latest = await self.lookup.get(query_id)
@@ -121,20 +163,21 @@ class Machine:
             await self.results.delete(query_id, current.athena_execution_id)
         return refreshed
 
-    async def cancel(self, query_id: str) -> tuple[QueryRecord, bool]:
-        """Stop an unfinished query in Athena.
+    async def cancel(self, query_id: str, caller: Caller) -> tuple[QueryRecord, bool]:
+        """Stop an unfinished query of `caller`'s in Athena.
 
         Returns the record and whether the query is CANCELLED now (Athena confirmed the
         stop). When Athena has not confirmed yet the poller finishes the cancel. A query
         that finished in Athena first keeps its outcome: QueryFinished."""
         async with self.lock(query_id):
             for _ in range(RACE_RETRIES):
-                current = await self.lookup.get(query_id)
+                current = await self.lookup.get(query_id, caller)
                 _raise_if_finished(current)
                 if current.athena_execution_id is None:
                     cancelled = await self.apply(
                         current,
                         Event.CANCEL,
+                        by=caller.name,
                         reason="cancelled before it was sent to Athena",
                         changes={"completed_at": utcnow()},
                     )
@@ -145,10 +188,10 @@ class Machine:
                 elif current.cancel_requested_at is not None or await self.store.update(
                     current, {"cancel_requested_at": utcnow()}
                 ):
-                    return await self._stop(query_id, current.athena_execution_id)
+                    return await self._stop(query_id, current.athena_execution_id, caller.name)
         raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
 
-    async def _stop(self, query_id: str, execution_id: str) -> tuple[QueryRecord, bool]:
+    async def _stop(self, query_id: str, execution_id: str, by: str) -> tuple[QueryRecord, bool]:
         try:
             await self.athena.stop(execution_id)
         except AthenaCallError as exc:
@@ -171,6 +214,7 @@ class Machine:
             cancelled = await self.apply(
                 current,
                 Event.CANCEL,
+                by=by,
                 reason="cancelled by client",
                 changes=execution.statistics if execution else {},
             )
@@ -192,6 +236,7 @@ class Machine:
                 current = await self.apply(
                     current,
                     Event.RUN,
+                    by=POLLER,
                     reason=f"Athena reports {execution.state}",
                     changes={"started_at": utcnow()},
                 )
@@ -201,14 +246,18 @@ class Machine:
                 return True
             if execution.state == Q.FAILED:
                 reason = execution.reason or "failed in Athena"
-                await self.apply(current, Event.FAIL, reason=reason, changes=execution.statistics)
+                await self.apply(
+                    current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
+                )
             elif execution.state == Q.CANCELLED:
                 reason = (
                     "cancelled by client"
                     if current.cancel_requested_at
                     else "cancelled in Athena, outside athenaq"
                 )
-                await self.apply(current, Event.CANCEL, reason=reason, changes=execution.statistics)
+                await self.apply(
+                    current, Event.CANCEL, by=POLLER, reason=reason, changes=execution.statistics
+                )
             return False
 
     async def execution_lost(self, query_id: str, execution_id: str, message: str) -> None:
@@ -218,6 +267,7 @@ class Machine:
                 await self.apply(
                     current,
                     Event.FAIL,
+                    by=POLLER,
                     reason=f"Athena does not know the execution: {message}",
                     changes={"completed_at": utcnow()},
                 )
@@ -238,7 +288,7 @@ class Machine:
                 if current := await self._tracking(query_id, execution_id):
                     reason = f"results could not be stored: {exc}"
                     await self.apply(
-                        current, Event.FAIL, reason=reason, changes=execution.statistics
+                        current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
                     )
             return
         changes = {
@@ -255,7 +305,7 @@ class Machine:
                 # A lost compare-and-set means another writer touched the row (a cancel
                 # request, another process's ingest): read again and retry.
                 if await self.apply(
-                    current, Event.SUCCEED, reason="results stored", changes=changes
+                    current, Event.SUCCEED, by=POLLER, reason="results stored", changes=changes
                 ):
                     return
             latest = await self.store.get(query_id)
@@ -273,6 +323,13 @@ class Machine:
         if current is None or current.is_finished or current.athena_execution_id != execution_id:
             return None
         return current
+
+
+def _too_many(exc: RunningLimitReached) -> TooManyQueries:
+    return TooManyQueries(
+        f"this key has {exc.running} unfinished queries, its max_running",
+        retry_after=RUNNING_LIMIT_RETRY_SECONDS,
+    )
 
 
 def _raise_if_finished(record: QueryRecord) -> None:

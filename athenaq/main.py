@@ -1,5 +1,6 @@
 """`athenaq serve --config PATH`: load the config, serve until SIGTERM or SIGINT, exit 0.
 `athenaq migrate --config PATH`: bring the database's schema to this release's revision.
+`athenaq keys create | list | revoke --config PATH`: make, list and revoke API keys.
 `athenaq --config PATH` is the first releases' form of `serve`."""
 
 from __future__ import annotations
@@ -50,9 +51,27 @@ async def migrate(config: Config) -> int:
     return 0
 
 
+async def keys(args: argparse.Namespace, config: Config) -> int:
+    """Make, list or revoke API keys; one line of error and exit 1 when it cannot."""
+    from athenaq.keys import KeyCommandError, run
+
+    try:
+        print(await run(args, config))
+    except KeyCommandError as exc:
+        print(f"athenaq keys: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "create":
+        print(
+            f"athenaq keys: made the key {args.name}; it is shown this once, keep it",
+            file=sys.stderr,
+        )
+    return 0
+
+
 COMMANDS = {
     "serve": "serve the HTTP API and poll Athena (the default)",
     "migrate": "apply the schema revisions the database lacks, then exit",
+    "keys": "make, list or revoke API keys",
 }
 
 
@@ -65,7 +84,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, summary in COMMANDS.items():
         command = commands.add_parser(name, help=summary, description=summary)
-        command.add_argument("--config", required=True, help="path of the JSON config file")
+        if name != "keys":
+            command.add_argument("--config", required=True, help="path of the JSON config file")
+    from athenaq.keys import add_arguments  # only what the parser needs: no service imports
+
+    add_arguments(commands.choices["keys"])
     commands.choices["serve"].add_argument(
         "--log-level",
         type=str.upper,
@@ -85,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"athenaq: bad config: {exc}", file=sys.stderr)
         return 2
-    if args.command == "migrate":
+    if args.command in ("migrate", "keys"):
         try:
+            if args.command == "keys":
+                return asyncio.run(keys(args, config))
             return asyncio.run(migrate(config))
         except Exception as exc:
             # One line, never a traceback with connection strings in it.
-            print(f"athenaq migrate: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"athenaq {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
     setup_logging(level=args.log_level)
     try:

@@ -98,6 +98,7 @@ class StatusSchema(StateSchema):
     row_count = fields.Integer(allow_none=True)
     results_source = fields.String(allow_none=True)
     statistics = fields.Function(lambda record: STATISTICS.dump(record))
+    owner = fields.String()
 
 
 class ColumnSchema(Schema):

@@ -109,6 +109,8 @@ class QueryRecord:
     total_execution_ms: int | None
     version: int
     updated_at: datetime
+    # The name of the key that submitted it ("anonymous" when keys are off).
+    owner: str
 
     @property
     def is_finished(self) -> bool:
@@ -141,3 +143,5 @@ class Transition:
     to_state: QueryState
     reason: str | None
     at: datetime
+    # Who caused it: a key's name, "poller" or "timeout"; None before keys existed.
+    by: str | None

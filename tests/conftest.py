@@ -30,7 +30,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from athenaq.app import Service
-from athenaq.config import Config, parse_config
+from athenaq.config import AuthConfig, Config, parse_config
+from athenaq.identity import DEFAULT_SCOPES, Caller, key_hash, new_key
 from athenaq.local import LocalEngine
 from athenaq.logs import setup_logging
 from athenaq.store import Store
@@ -212,9 +213,11 @@ def config(db_url: str, athena_url: str, tmp_path: Path) -> Config:
 class Client:
     """HTTP to a running service; every answer's body decoded as JSON."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, key: str | None = None) -> None:
         self.base_url = base_url
         self.http = AsyncHTTPClient()
+        # Sent with every request: the API key, when the service wants one.
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     async def request(
         self,
@@ -225,9 +228,10 @@ class Client:
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> HTTPResponse:
+        headers = {**self.headers, **(headers or {})}
         if body is not None:
             raw = json.dumps(body).encode()
-            headers = {"Content-Type": "application/json", **(headers or {})}
+            headers = {"Content-Type": "application/json", **headers}
         if raw is None and method == "POST":
             raw = b""
         return await self.http.fetch(
@@ -305,3 +309,26 @@ async def store(db_url: str, service: Service) -> AsyncIterator[Store]:
     opened = await Store.connect(db_url, maxsize=2)
     yield opened
     await opened.close()
+
+
+def with_keys(config: Config, **auth: Any) -> Config:
+    """`config` with `auth.mode: api_keys` (and the other `auth` keys given)."""
+    return replace(config, auth=AuthConfig(mode="api_keys", **auth))
+
+
+@pytest.fixture
+async def keys_store(db_url: str) -> AsyncIterator[Store]:
+    """The database under test, at the newest schema, for making keys and reading back."""
+    opened = await Store.connect(db_url, maxsize=2)
+    await opened.create_schema()
+    yield opened
+    await opened.close()
+
+
+async def make_key(
+    store: Store, name: str, scopes: frozenset[str] = DEFAULT_SCOPES, **limits: Any
+) -> str:
+    """A new key named `name` in `store`, as `athenaq keys create` makes one."""
+    key = new_key()
+    await store.add_key(Caller(name, scopes, **limits), key_hash(key))
+    return key

@@ -9,6 +9,7 @@ from tornado.httputil import HTTPServerRequest
 from athenaq.app import Service
 from athenaq.config import Config
 from athenaq.errors import Forbidden, Unauthorized
+from athenaq.identity import DEFAULT_SCOPES, Caller
 from tests.conftest import Client, body
 
 
@@ -18,14 +19,14 @@ class KeyAuthorizer:
     def __init__(self) -> None:
         self.asked = 0
 
-    async def authorize(self, request: HTTPServerRequest) -> str:
+    async def authorize(self, request: HTTPServerRequest) -> Caller:
         self.asked += 1
         key = request.headers.get("X-Api-Key")
         if key is None:
             raise Unauthorized("an X-Api-Key header is required")
         if key != "good":
             raise Forbidden("this key may not use athenaq")
-        return "team-a"
+        return Caller("team-a", DEFAULT_SCOPES)
 
 
 async def test_every_endpoint_asks_the_authorizer(

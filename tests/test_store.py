@@ -36,7 +36,9 @@ async def race(url, target):
         records = [await store.get(query_id) for query_id in sys.stdin.readline().split()]
         print("ready", flush=True)
         sys.stdin.readline()
-        won = [r.id for r in records if await store.transition(r, target, target.value, {})]
+        won = [
+            r.id for r in records if await store.transition(r, target, target.value, {}, by="test")
+        ]
         print(" ".join(won), flush=True)
     finally:
         await store.close()
@@ -59,7 +61,9 @@ async def opened(url: str) -> AsyncIterator[Store]:
 
 
 async def submit(store: Store) -> QueryRecord:
-    return await store.create(str(uuid.uuid4()), "SELECT 1", "default", "primary", "submitted")
+    return await store.create(
+        str(uuid.uuid4()), "SELECT 1", "default", "primary", "submitted", owner="anonymous"
+    )
 
 
 @pytest.fixture
@@ -91,9 +95,9 @@ async def test_concurrent_transitions_from_the_same_read_let_exactly_one_win(db_
         await store.create_schema()
         record = await submit(store)
         outcomes = await asyncio.gather(
-            store.transition(record, Q.CANCELLED, "cancel", {}),
-            store.transition(record, Q.RUNNING, "run", {}),
-            store.transition(record, Q.FAILED, "fail", {}),
+            store.transition(record, Q.CANCELLED, "cancel", {}, by="poller"),
+            store.transition(record, Q.RUNNING, "run", {}, by="poller"),
+            store.transition(record, Q.FAILED, "fail", {}, by="poller"),
         )
         assert sorted(outcomes) == [False, False, True]
         latest = await store.get(record.id)
@@ -105,7 +109,7 @@ async def test_concurrent_transitions_from_the_same_read_let_exactly_one_win(db_
             (Q.QUEUED, latest.state),
         ]
         # A stale read never wins, even when the state looks the same again.
-        assert not await store.transition(record, latest.state, "stale", {})
+        assert not await store.transition(record, latest.state, "stale", {}, by="poller")
         assert not await store.update(record, {"athena_execution_id": "stale"})
 
 
@@ -121,12 +125,12 @@ async def test_the_version_guards_where_the_state_cannot(db_url: str) -> None:
         assert sorted(sent) == [False, True]
         latest = await store.get(record.id)
         assert latest is not None
-        assert await store.transition(latest, Q.CANCELLED, "cancel", {})
+        assert await store.transition(latest, Q.CANCELLED, "cancel", {}, by="poller")
         cancelled = await store.get(record.id)
         assert cancelled is not None
-        assert await store.transition(cancelled, Q.QUEUED, "refresh", {})
+        assert await store.transition(cancelled, Q.QUEUED, "refresh", {}, by="poller")
         # QUEUED again, as in the first read, but three writes later.
-        assert not await store.transition(record, Q.RUNNING, "stale", {})
+        assert not await store.transition(record, Q.RUNNING, "stale", {}, by="poller")
         assert not await store.update(record, {"athena_execution_id": "stale"})
         final = await store.get(record.id)
         assert final is not None
@@ -139,12 +143,12 @@ async def test_two_stores_sharing_a_database_cannot_both_win(db_url: str) -> Non
         record = await submit(first)
         running = await second.get(record.id)
         assert running is not None
-        assert await second.transition(running, Q.RUNNING, "run", {})
+        assert await second.transition(running, Q.RUNNING, "run", {}, by="poller")
         seen_by_first = await first.get(record.id)
         assert seen_by_first is not None and seen_by_first.state == Q.RUNNING
         wins = await asyncio.gather(
-            first.transition(seen_by_first, Q.SUCCEEDED, "results stored", {}),
-            second.transition(seen_by_first, Q.CANCELLED, "cancelled", {}),
+            first.transition(seen_by_first, Q.SUCCEEDED, "results stored", {}, by="poller"),
+            second.transition(seen_by_first, Q.CANCELLED, "cancelled", {}, by="poller"),
         )
         assert wins.count(True) == 1
         assert len(await first.history(record.id)) == 3
@@ -196,8 +200,11 @@ async def test_two_stores_on_one_sqlite_file_let_exactly_one_transition_win(
         await first.create_schema()
         records = [await submit(first) for _ in range(20)]
         ran = await asyncio.gather(
-            *(first.transition(record, Q.RUNNING, "run", {}) for record in records),
-            *(second.transition(record, Q.CANCELLED, "cancel", {}) for record in records),
+            *(first.transition(record, Q.RUNNING, "run", {}, by="poller") for record in records),
+            *(
+                second.transition(record, Q.CANCELLED, "cancel", {}, by="poller")
+                for record in records
+            ),
         )
         for record, won_run, won_cancel in zip(
             records, ran[: len(records)], ran[len(records) :], strict=True

@@ -15,14 +15,18 @@ from athenaq.auth import Authorizer
 from athenaq.errors import (
     ApiError,
     Conflict,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     QueryNotFound,
     QueryRunning,
+    RateLimited,
 )
+from athenaq.identity import Caller
 from athenaq.launcher import Launcher
 from athenaq.lookup import Lookup
 from athenaq.machine import Machine
+from athenaq.ratelimit import RateLimiter
 from athenaq.states import IllegalTransition
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -68,6 +72,8 @@ class Context:
     retry_after: int
     # The largest request body read; past it a submit answers 413.
     max_body_bytes: int
+    # Requests per second per caller (auth.requests_per_second); None: no limit.
+    rate_limiter: RateLimiter | None = None
     in_flight: RequestsInFlight = field(default_factory=RequestsInFlight)
 
 
@@ -79,6 +85,8 @@ def allow_unauthenticated(cls: HandlerT) -> HandlerT:
 
 class BaseHandler(RequestHandler):
     allow_unauthenticated = False
+    # The scope a caller's key needs for this endpoint (athenaq.identity); None: any key.
+    required_scope: str | None = None
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -100,8 +108,25 @@ class BaseHandler(RequestHandler):
         return self.ctx.launcher
 
     async def prepare(self) -> None:
-        if not self.allow_unauthenticated:
-            self.current_user = await self.ctx.authorizer.authorize(self.request)
+        if self.allow_unauthenticated:
+            return
+        caller = await self.ctx.authorizer.authorize(self.request)
+        self.current_user = caller
+        if self.required_scope is not None and self.required_scope not in caller.scopes:
+            raise Forbidden(f"this key lacks the scope {self.required_scope}")
+        if self.ctx.rate_limiter is not None:
+            wait = self.ctx.rate_limiter.take(caller.name)
+            if wait:
+                raise RateLimited(
+                    f"over {self.ctx.rate_limiter.rate:g} requests per second for this key",
+                    retry_after=RateLimiter.retry_after(wait),
+                )
+
+    @property
+    def caller(self) -> Caller:
+        """Who the request acts as, once prepare() admitted it."""
+        caller: Caller = self.current_user
+        return caller
 
     def query_id(self, segment: str) -> str:
         """The path's query id; anything but a lowercase canonical UUID is unknown."""

@@ -13,6 +13,7 @@ from tornado.web import stream_request_body
 
 from athenaq.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from athenaq.handlers.base import BaseHandler, Context
+from athenaq.identity import CANCEL, READ, SUBMIT
 from athenaq.schemas import (
     MAX_QUERY_BYTES,
     CancelSchema,
@@ -50,7 +51,9 @@ def _first_message(messages: Any) -> str:
 
 @stream_request_body
 class SubmitHandler(BaseHandler):
-    """POST /query: 202 + Location; 400, 413, 415."""
+    """POST /query: 202 + Location; 400, 403, 413, 415, 429."""
+
+    required_scope = SUBMIT
 
     def initialize(self, ctx: Context) -> None:
         super().initialize(ctx)
@@ -81,7 +84,7 @@ class SubmitHandler(BaseHandler):
             raise ValidationFailed(_first_message(exc.messages)) from None
         if len(request["query"].encode("utf-8")) > MAX_QUERY_BYTES:
             raise PayloadTooLarge(f"query: over {MAX_QUERY_BYTES} bytes, Athena's limit")
-        record = await self.machine.submit(request["query"])
+        record = await self.machine.submit(request["query"], self.caller)
         self.launcher.launch_soon(record.id, record)
         self.set_header("Location", f"/query/{record.id}/status")
         self.write_json(_STATE.dump(record), status=202)
@@ -90,8 +93,10 @@ class SubmitHandler(BaseHandler):
 class StatusHandler(BaseHandler):
     """GET /query/<id>/status: 200; 404."""
 
+    required_scope = READ
+
     async def get(self, segment: str) -> None:
-        record = await self.lookup.get(self.query_id(segment))
+        record = await self.lookup.get(self.query_id(segment), self.caller)
         self.write_json(_STATUS.dump(record))
 
 
@@ -99,11 +104,13 @@ class ResultsHandler(BaseHandler):
     """GET /query/<id>/results: 200 a page (JSON) or the whole result (CSV, JSON lines),
     304; 400, 404, 409 (running, cancelled, failed)."""
 
+    required_scope = READ
+
     async def get(self, segment: str) -> None:
         query_id = self.query_id(segment)
         request = self._parameters()
         fmt = request.get("format") or self._negotiated_format()
-        record, reader = await self.lookup.open_results(query_id)
+        record, reader = await self.lookup.open_results(query_id, self.caller)
         try:
             if fmt == "json":
                 await self._page(record, reader, request["offset"], request["limit"])
@@ -220,10 +227,12 @@ def _accepts_gzip(header: str) -> bool:
 
 
 class RefreshHandler(BaseHandler):
-    """POST /query/<id>/refresh: 202 QUEUED; 404, 409 running."""
+    """POST /query/<id>/refresh: 202 QUEUED; 404, 409 running, 429."""
+
+    required_scope = SUBMIT
 
     async def post(self, segment: str) -> None:
-        record = await self.machine.refresh(self.query_id(segment))
+        record = await self.machine.refresh(self.query_id(segment), self.caller)
         self.launcher.launch_soon(record.id, record)
         self.set_header("Location", f"/query/{record.id}/status")
         self.write_json(_STATE.dump(record), status=202)
@@ -232,8 +241,10 @@ class RefreshHandler(BaseHandler):
 class CancelHandler(BaseHandler):
     """POST /query/<id>/cancel: 200 CANCELLED, 202 requested; 404, 409 finished/cancelled."""
 
+    required_scope = CANCEL
+
     async def post(self, segment: str) -> None:
-        record, confirmed = await self.machine.cancel(self.query_id(segment))
+        record, confirmed = await self.machine.cancel(self.query_id(segment), self.caller)
         if confirmed:
             self.write_json(_STATE.dump(record))
         else:

@@ -12,9 +12,9 @@ CPU per read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -32,12 +32,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from athenaq.clock import utcnow
+from athenaq.identity import ApiKey, Caller
 from athenaq.states import EXECUTION_FIELDS, QueryRecord, QueryState, Transition
-from athenaq.store import schema
+from athenaq.store import keys, schema
 from athenaq.store.database import open_engine, transaction
 from athenaq.store.schema import SchemaChange
 from athenaq.store.tables import queries, query_transitions
 
+T = TypeVar("T")
 # Columns a transition or an update may set; anything else is a programming error.
 MUTABLE_COLUMNS = frozenset({"state_reason", "run", *EXECUTION_FIELDS})
 
@@ -54,6 +56,7 @@ _HISTORY = (
         query_transitions.c.to_state,
         query_transitions.c.reason,
         query_transitions.c.at,
+        query_transitions.c.caused_by,
     )
     .where(query_transitions.c.query_id == bindparam("query_id"))
     .order_by(query_transitions.c.seq)
@@ -186,9 +189,21 @@ class Store:
         await schema.check(self._engine)
 
     async def create(
-        self, query_id: str, sql: str, database: str, workgroup: str, reason: str
+        self,
+        query_id: str,
+        sql: str,
+        database: str,
+        workgroup: str,
+        reason: str,
+        *,
+        owner: str,
+        running_limit: int | None = None,
     ) -> QueryRecord:
-        """Store a new QUEUED query and the first row of its history, atomically."""
+        """Store a new QUEUED query and the first row of its history, atomically.
+
+        With `running_limit`, raise keys.RunningLimitReached instead when the owner has
+        that many unfinished queries: counted in the same transaction, so processes
+        sharing the database cannot overshoot it together."""
         now = utcnow()
         record = QueryRecord(
             id=query_id,
@@ -201,13 +216,16 @@ class Store:
             submitted_at=now,
             version=0,
             updated_at=now,
+            owner=owner,
             **dict.fromkeys(EXECUTION_FIELDS),  # no execution yet
         )
-        await greenlet_spawn(self._insert, record, reason)
+        await greenlet_spawn(self._insert, record, reason, running_limit)
         return record
 
-    def _insert(self, record: QueryRecord, reason: str) -> None:
+    def _insert(self, record: QueryRecord, reason: str, running_limit: int | None) -> None:
         with transaction(self._sync) as conn:
+            if running_limit is not None:
+                keys.check_running(conn, record.owner, running_limit)
             conn.execute(
                 _INSERT_QUERY,
                 {
@@ -220,6 +238,7 @@ class Store:
                     "submitted_at": record.submitted_at,
                     "version": record.version,
                     "updated_at": record.updated_at,
+                    "owner": record.owner,
                 },
             )
             conn.execute(
@@ -230,6 +249,7 @@ class Store:
                     "to_state": record.state.value,
                     "reason": reason,
                     "at": record.submitted_at,
+                    "caused_by": record.owner,
                 },
             )
 
@@ -253,11 +273,21 @@ class Store:
         to_state: QueryState,
         reason: str | None,
         changes: dict[str, Any],
+        *,
+        by: str,
+        running_limit: int | None = None,
     ) -> bool:
-        """Compare-and-set `current` to `to_state`, appending to the history in the same
-        transaction. False when another writer changed the row since `current` was read."""
+        """Compare-and-set `current` to `to_state`, appending to the history (`by`: who
+        caused it) in the same transaction. False when another writer changed the row
+        since `current` was read.
+
+        A finished run's scanned bytes count to its owner's day in the same transaction.
+        With `running_limit`, raise keys.RunningLimitReached when the owner has that many
+        unfinished queries (a refresh makes one more)."""
         _check_columns(changes)
-        return await greenlet_spawn(self._transition, current, to_state, reason, changes)
+        return await greenlet_spawn(
+            self._transition, current, to_state, reason, changes, by, running_limit
+        )
 
     def _transition(
         self,
@@ -265,11 +295,18 @@ class Store:
         to_state: QueryState,
         reason: str | None,
         changes: dict[str, Any],
+        by: str,
+        running_limit: int | None,
     ) -> bool:
         now = utcnow()
         with transaction(self._sync) as conn:
+            if running_limit is not None:
+                keys.check_running(conn, current.owner, running_limit)
             if not _compare_and_set(conn, current, {"state": to_state.value, **changes}, now):
                 return False  # nothing written: the transaction has nothing to undo
+            scanned = changes.get("data_scanned_bytes")
+            if to_state.is_finished and scanned:
+                keys.add_usage(conn, current.owner, now.date().isoformat(), scanned)
             conn.execute(
                 _INSERT_TRANSITION,
                 {
@@ -278,6 +315,7 @@ class Store:
                     "to_state": to_state.value,
                     "reason": reason,
                     "at": now,
+                    "caused_by": by,
                 },
             )
         return True
@@ -303,6 +341,38 @@ class Store:
                 to_state=QueryState(row["to_state"]),
                 reason=row["reason"],
                 at=row["at"],
+                by=row["caused_by"],
             )
             for row in rows
         ]
+
+    # -- API keys and usage -------------------------------------------------------------
+
+    async def add_key(self, caller: Caller, key_hash: str) -> None:
+        """Store a new key; keys.KeyExists when its name is taken, also by a revoked key."""
+        await greenlet_spawn(self._in_transaction, keys.insert_key, caller, key_hash, utcnow())
+
+    async def find_key(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash, revoked or not; None when there is none."""
+        return await greenlet_spawn(self._on_connection, keys.find_key, key_hash)
+
+    async def list_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones too, by name."""
+        return await greenlet_spawn(self._on_connection, keys.all_keys)
+
+    async def revoke_key(self, name: str) -> bool:
+        """Revoke the key `name` at once; False when no unrevoked key has that name."""
+        return await greenlet_spawn(self._on_connection, keys.revoke_key, name, utcnow())
+
+    async def scanned_today(self, owner: str) -> int:
+        """Bytes Athena scanned for `owner`'s queries that finished this UTC day."""
+        day = utcnow().date().isoformat()
+        return await greenlet_spawn(self._on_connection, keys.used, owner, day)
+
+    def _on_connection(self, operation: Callable[..., T], *args: Any) -> T:
+        with self._sync.connect() as conn:
+            return operation(conn, *args)
+
+    def _in_transaction(self, operation: Callable[..., T], *args: Any) -> T:
+        with transaction(self._sync) as conn:
+            return operation(conn, *args)

@@ -2,7 +2,8 @@
 
 Each column's type is what the database had before schema revisions existed, so a
 database made by an earlier release and one made now are the same: MySQL/MariaDB types
-as written, and on SQLite the plain TEXT and INTEGER of the first releases.
+as written, and on SQLite the plain TEXT and INTEGER of the first releases. A revision
+that adds a column or a table adds it here too, with the same types.
 """
 
 from __future__ import annotations
@@ -87,7 +88,12 @@ queries = Table(
     Column("total_execution_ms", sqlite_integer(BigInteger())),
     Column("version", Integer(), nullable=False, server_default=text("0")),
     Column("updated_at", Timestamp(), nullable=False),
+    # The key's name that submitted it; "anonymous" when keys are off (and for every query
+    # of the releases before keys).
+    Column("owner", sqlite_text(String(64)), nullable=False, server_default=text("'anonymous'")),
     Index("queries_state", "state"),
+    # An owner's unfinished queries are counted at each submit (max_running).
+    Index("queries_owner_state", "owner", "state"),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )
@@ -101,7 +107,40 @@ query_transitions = Table(
     Column("to_state", sqlite_text(String(16)), nullable=False),
     Column("reason", Text()),
     Column("at", Timestamp(), nullable=False),
+    # Who caused it: a key's name, "poller" or "timeout"; None in the releases before keys.
+    Column("caused_by", sqlite_text(String(64))),
     Index("query_transitions_query", "query_id", "seq"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("name", sqlite_text(String(64)), primary_key=True),
+    # The key's SHA-256 in hex; the key itself is never stored.
+    Column("key_hash", sqlite_text(CHAR(64)), nullable=False, unique=True),
+    # JSON lists; null in databases, workgroups and statements means any.
+    Column("scopes", Text(), nullable=False),
+    Column("databases", Text()),
+    Column("workgroups", Text()),
+    Column("statements", Text()),
+    Column("max_running", Integer()),
+    Column("daily_scan_bytes", sqlite_integer(BigInteger())),
+    Column("created_at", Timestamp(), nullable=False),
+    Column("revoked_at", Timestamp()),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+# Bytes Athena scanned for an owner's queries per UTC day, added to as each run finishes:
+# what daily_scan_bytes is checked against (a refresh clears a query's own figures).
+daily_usage = Table(
+    "daily_usage",
+    metadata,
+    Column("owner", sqlite_text(String(64)), primary_key=True),
+    Column("day", sqlite_text(String(10)), primary_key=True),  # YYYY-MM-DD
+    Column("data_scanned_bytes", sqlite_integer(BigInteger()), nullable=False),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )

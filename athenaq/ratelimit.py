@@ -1,8 +1,8 @@
 """Requests per second per key: a token bucket for each, in this process.
 
-A bucket holds up to twice the rate (a burst; at least one request) and refills at the rate. Buckets of keys
-that went quiet are dropped once full again, so the table stays as small as the set of
-keys in use.
+A bucket holds up to twice the rate (a burst; at least one request) and refills at the
+rate. Buckets of keys that went quiet are dropped once full again, so the table stays as
+small as the set of keys in use.
 """
 
 from __future__ import annotations

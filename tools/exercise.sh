@@ -12,6 +12,10 @@
 #   EXERCISE_SLOW_SQL  a query that stays RUNNING until it is cancelled
 #   EXERCISE_FAIL_SQL  a query that Athena fails
 #   EXERCISE_HEADER    optional extra request header, e.g. "Authorization: Bearer ..."
+#   ATHENAQ_KEY        an API key, for a server with auth.mode api_keys: sent as
+#                      Authorization: Bearer (unless EXERCISE_HEADER is set), and the
+#                      run also checks that a missing or wrong key answers 401 and that
+#                      the status names the key's owner. Never printed.
 # The SQL defaults run as real SQL on the local engine (athenaq-local, DuckDB) and
 # script the project's test Athena endpoint through a `-- double: {JSON}` line
 # comment; against real Athena, set all three.
@@ -57,6 +61,9 @@ printf -v DEFAULT_SLOW_SQL '%s\n%s' 'SELECT count(*) FROM range(20000000000000)'
     '-- double: {"queue_ms": 300, "run_ms": 600000}'
 printf -v DEFAULT_FAIL_SQL '%s\n%s' 'SELECT * FROM athenaq_exercise_missing_table' \
     '-- double: {"fail": "Table athenaq_exercise_missing_table does not exist"}'
+if [[ -n ${ATHENAQ_KEY:-} ]]; then
+    EXERCISE_HEADER=${EXERCISE_HEADER:-"Authorization: Bearer $ATHENAQ_KEY"}
+fi
 FAST_SQL=${EXERCISE_FAST_SQL:-$DEFAULT_FAST_SQL}
 SLOW_SQL=${EXERCISE_SLOW_SQL:-$DEFAULT_SLOW_SQL}
 FAIL_SQL=${EXERCISE_FAIL_SQL:-$DEFAULT_FAIL_SQL}
@@ -64,7 +71,7 @@ FAIL_SQL=${EXERCISE_FAIL_SQL:-$DEFAULT_FAIL_SQL}
 UUID_RE='^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 TIMESTAMP_RE='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?Z$'
 STATUS_FIELDS=(id state state_reason query database workgroup athena_query_execution_id
-    submitted_at completed_at results_at statistics)
+    submitted_at completed_at results_at statistics owner)
 STATISTICS_FIELDS=(data_scanned_bytes engine_execution_ms queue_ms total_execution_ms)
 RESULTS_FIELDS=(id state results_at columns rows row_count)
 
@@ -577,5 +584,30 @@ for id in $PARALLEL_IDS; do
     expect_results "$id"
     pass "SUCCEEDED row_count=$(json .row_count)"
 done
+
+# --- 10. With a key: none or a wrong one answers 401, the status names the owner ----
+if [[ -n ${ATHENAQ_KEY:-} ]]; then
+    request GET "/query/$FAST_ID/status"
+    expect_status 200
+    if [[ $(json .owner) == anonymous ]]; then
+        fail "the key's name as owner" "owner: anonymous"
+    fi
+    pass "owner=$(json .owner)"
+    KEY_HEADER=$EXERCISE_HEADER
+    for EXERCISE_HEADER in "" "Authorization: Bearer aq_exercise-wrong-key"; do
+        for route in "GET /query/$FAST_ID/status" "POST /query/$FAST_ID/refresh"; do
+            request "${route%% *}" "${route#* }"
+            expect_code 401 unauthorized
+            if [[ $(header WWW-Authenticate) != Bearer* ]]; then
+                fail "a WWW-Authenticate: Bearer header" "WWW-Authenticate: $(header WWW-Authenticate)"
+            fi
+            pass "unauthorized${EXERCISE_HEADER:+ (wrong key)}"
+        done
+    done
+    EXERCISE_HEADER=$KEY_HEADER
+    request GET /health
+    expect_status 200
+    pass "health needs no key"
+fi
 
 echo "exercise: all $CHECKS checks passed"

@@ -1,6 +1,8 @@
 """The README's quick start, as a newcomer runs it: a fresh virtualenv, `pip install` of
 the checkout, `athenaq --config etc/local.json` in an empty directory with no AWS
-credentials and no database server, then tools/exercise.sh against it."""
+credentials and no database server, then tools/exercise.sh against it. Then the same
+with the production example's `auth` and `sql` (API keys, read-only statements): a key
+made with `athenaq keys create`, and tools/exercise.sh with it."""
 
 from __future__ import annotations
 
@@ -24,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.fixture
-def venv(tmp_path: Path) -> Path:
-    """A fresh virtualenv with the checkout installed as the README says."""
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the checkout installed as the README says (once for both
+    runs: the install is the slow part)."""
+    venv = tmp_path_factory.mktemp("quickstart") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     install = subprocess.run(
         [str(venv / "bin" / "pip"), "install", "-q", f"{ROOT}[local]"],
@@ -42,13 +45,37 @@ def venv(tmp_path: Path) -> Path:
 async def test_the_readme_quick_start_runs_on_nothing_but_python(
     venv: Path, tmp_path: Path
 ) -> None:
-    newcomer = tmp_path / "newcomer"
+    await serve_and_exercise(venv, tmp_path / "newcomer", keys=False)
+
+
+async def test_the_quick_start_with_the_production_examples_api_keys(
+    venv: Path, tmp_path: Path
+) -> None:
+    await serve_and_exercise(venv, tmp_path / "keyed", keys=True)
+
+
+async def serve_and_exercise(venv: Path, newcomer: Path, *, keys: bool) -> None:
+    """etc/local.json (with etc/config.json's `auth` and `sql` when `keys`) served from
+    an empty directory, and tools/exercise.sh against it."""
     (newcomer / "etc").mkdir(parents=True)
     config = json.loads((ROOT / "etc" / "local.json").read_text())
     port = free_port()
     config["server"]["port"] = port  # the README's 8080 may be taken on a shared machine
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ATHENAQ_"))}
+    if keys:
+        production = json.loads((ROOT / "etc" / "config.json").read_text())
+        assert production["auth"]["mode"] == "api_keys"
+        config.update(auth=production["auth"], sql=production["sql"])
     (newcomer / "etc" / "local.json").write_text(json.dumps(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    if keys:
+        made = await asyncio.create_subprocess_exec(
+            str(venv / "bin" / "athenaq"), "keys", "create", "--config", "etc/local.json",
+            "--name", "exercise",
+            cwd=newcomer, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        key, said = await asyncio.wait_for(made.communicate(), timeout=120)
+        assert made.returncode == 0, said.decode()
+        env["ATHENAQ_KEY"] = key.decode().strip()
     server = subprocess.Popen(
         [str(venv / "bin" / "athenaq"), "--config", "etc/local.json"],
         cwd=newcomer,
@@ -73,11 +100,15 @@ async def test_the_readme_quick_start_runs_on_nothing_but_python(
             url,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            env=env,
         )
         output, _ = await asyncio.wait_for(exercise.communicate(), timeout=300)
         text = output.decode()
         assert exercise.returncode == 0, text[-4000:]
         assert "checks passed" in text.splitlines()[-1]
+        if keys:
+            assert "owner=exercise" in text and "unauthorized (wrong key)" in text
+            assert env["ATHENAQ_KEY"] not in text
         assert (newcomer / "athenaq.db").is_file()
         assert (newcomer / "results").is_dir()
         server.send_signal(signal.SIGTERM)

@@ -40,6 +40,13 @@ class Forbidden(ApiError):
     code = "forbidden"
 
 
+class StatementNotAllowed(ApiError):
+    """The SQL runs a statement kind the key may not, or cannot be read to tell."""
+
+    status = 403
+    code = "statement_not_allowed"
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

@@ -88,6 +88,7 @@ KINDS = [
     ("SELECT 'x; DROP TABLE t' AS s", ["SELECT"]),
     ("SELECT 'it''s; DROP TABLE t' AS s", ["SELECT"]),
     ('SELECT "drop", "insert" FROM "delete" WHERE "update" = 1', ["SELECT"]),
+    ("CREATE EXTERNAL TABLE t (`select` int, `drop` string) LOCATION 's3://b/'", ["CREATE"]),
     ("select * from t", ["SELECT"]),
     ("wItH a AS (sElEcT 1) SeLeCt * FrOm a", ["WITH"]),
     ("InSeRt InTo t SeLeCt 1", ["INSERT"]),

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
+from athenaq.statements import KNOWN_KINDS
+
 
 class ConfigError(Exception):
     """The config file cannot be used; the message names the key at fault."""
@@ -204,7 +206,9 @@ class StatementKinds(fields.List[str]):
 
 class SqlSchema(_Section):
     default_statements = StatementKinds(
-        fields.String(validate=validate.Regexp(r"^[A-Z_]{1,32}$", error="not a statement kind")),
+        fields.String(
+            validate=validate.OneOf(sorted(KNOWN_KINDS), error="must be one of: {choices}")
+        ),
         load_default=None,
         allow_none=True,
     )

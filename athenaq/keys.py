@@ -22,6 +22,7 @@ from athenaq.identity import (
     key_hash,
     new_key,
 )
+from athenaq.statements import KNOWN_KINDS
 
 ACTIONS = {
     "create": "make a key and print it once",
@@ -86,6 +87,12 @@ def _statements(text: str | None, sql: SqlConfig) -> frozenset[str] | None:
     kinds = frozenset(kind.strip().upper() for kind in text.split(",") if kind.strip())
     if not kinds:
         raise KeyCommandError("--statements names no kind")
+    unknown = kinds - KNOWN_KINDS
+    if unknown:
+        raise KeyCommandError(
+            f"--statements: not a statement kind: {', '.join(sorted(unknown))}"
+            f" (the kinds: {','.join(sorted(KNOWN_KINDS))})"
+        )
     return kinds
 
 

@@ -115,7 +115,7 @@ class Machine:
 
     async def submit(self, sql: str, caller: Caller) -> QueryRecord:
         """Record a new QUEUED query of `caller` (the launcher sends it to Athena)."""
-        await self.policy.admit(caller, self.database, self.workgroup)
+        await self.policy.admit(caller, sql, self.database, self.workgroup)
         try:
             record = await self.store.create(
                 str(uuid.uuid4()),
@@ -146,7 +146,9 @@ class Machine:
             current = await self.lookup.get(query_id, caller)
             if not current.is_finished:
                 raise QueryRunning(current.id, current.state.value)
-            await self.policy.admit(caller, current.database_name, current.workgroup)
+            await self.policy.admit(
+                caller, current.query_text, current.database_name, current.workgroup
+            )
             changes = {**dict.fromkeys(EXECUTION_FIELDS), "run": current.run + 1}
             refreshed = await self.apply(
                 current,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from athenaq.app import Service
-from athenaq.config import Config, ConfigError, parse_config
+from athenaq.config import AuthConfig, Config, ConfigError, SqlConfig, parse_config
 from tests.conftest import V1_CONFIG, Client, body, config_with
 
 
@@ -35,6 +35,37 @@ def test_a_v1_file_gets_the_defaults() -> None:
 def test_a_bad_optional_key_is_named(section: str, key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=rf"^{section}\.{key}: "):
         parse_config(config_with(f"{section}.{key}", value))
+
+
+def test_a_v1_file_has_keys_off_and_any_statement_kind() -> None:
+    config = parse_config(V1_CONFIG)
+    assert config.auth == AuthConfig(mode="none", requests_per_second=None)
+    assert config.sql == SqlConfig(default_statements=None)
+    keyed = parse_config(
+        {
+            **V1_CONFIG,
+            "auth": {"mode": "api_keys", "requests_per_second": 2.5},
+            "sql": {"default_statements": ["SELECT", "WITH", "SELECT"]},
+        }
+    )
+    assert keyed.auth == AuthConfig(mode="api_keys", requests_per_second=2.5)
+    assert keyed.sql.default_statements == frozenset({"SELECT", "WITH"})
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("auth", {"mode": "keys"}, "auth.mode: must be one of: none, api_keys"),
+        ("auth", {"requests_per_second": 0}, "auth.requests_per_second: Must be greater"),
+        ("auth", {"mode": "api_keys", "keys": []}, "auth.keys: Unknown field."),
+        ("sql", {"default_statements": ["SELECT", "DROPP"]}, "sql.default_statements.1: must"),
+        ("sql", {"default_statements": "SELECT"}, "sql.default_statements: Not a valid list."),
+    ],
+)
+def test_a_bad_auth_or_sql_key_is_named(section: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({**V1_CONFIG, section: value})
+    assert str(raised.value).startswith(message)
 
 
 def test_the_optional_keys_are_read() -> None:

@@ -289,6 +289,8 @@ async def test_athenaq_keys_create_list_and_revoke(
         (["--name", "ok", "--max-running", "0"], "athenaq keys: --max-running must be 1 or more\n"),
         (["--name", "ok", "--daily-scan-bytes", "-5"], "athenaq keys: --daily-scan-bytes must be"),
         (["--name", "ok", "--statements", " , "], "athenaq keys: --statements names no kind\n"),
+        (["--name", "ok", "--statements", "SELECT,Bogus"], "athenaq keys: --statements: not a"
+         " statement kind: BOGUS (the kinds: ALTER,CREATE,"),
         (["--name", "ok", "--database", " "], "athenaq keys: --database must not be empty\n"),
         (["--name", "taken"], "athenaq keys: a key named 'taken' exists or existed"),
     ],
@@ -315,3 +317,32 @@ async def test_athenaq_keys_revoke_of_an_unknown_name_fails(db_url: str, tmp_pat
     assert (status, out) == (1, "")
     # The last line: making the schema of a new database may log a driver warning first.
     assert err.splitlines()[-1] == "athenaq keys: no unrevoked key is named 'nobody'"
+
+
+async def test_a_key_limited_to_statement_kinds_submits_only_those(
+    config: Config, double: Any, start_service: StartService, keys_store: Store
+) -> None:
+    service = await start_service(with_keys(config))
+    reader = Client(
+        service.url, key=await make_key(keys_store, "reader", statements=frozenset({"SELECT"}))
+    )
+    anything = Client(service.url, key=await make_key(keys_store, "anything"))
+    refused = {
+        "INSERT INTO t SELECT 1": "INSERT statements are not allowed for this key",
+        "WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a": "INSERT statements are not",
+        "-- just a read\nDROP TABLE t": "DROP statements are not allowed",
+        "SELECT 1; DROP TABLE t": "the SQL holds 2 statements",
+        "SELEKT 1 FROM": "the SQL could not be read",
+    }
+    for sql, message in refused.items():
+        response = await reader.request("POST", "/query", {"query": sql})
+        assert code(response) == (403, "statement_not_allowed"), sql
+        assert body(response)["error"]["message"].startswith(message), sql
+    assert await keys_store.unfinished() == []
+
+    # A read passes, its comments and strings count for nothing.
+    done = await reader.submit("SELECT 'x; DROP TABLE t' -- ; DROP TABLE t")
+    await reader.wait_state(done, "SUCCEEDED")
+    # A key without a list sends any text to Athena, which answers for it.
+    failed = await anything.submit('SELEKT 1 FROM -- double: {"fail": "syntax error"}')
+    assert (await anything.wait_state(failed, "FAILED"))["state_reason"] == "syntax error"

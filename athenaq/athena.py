@@ -26,23 +26,14 @@ from athenaq.config import AthenaConfig, S3Config
 from athenaq.resultset import Column, ResultPage
 
 # botocore's default "legacy" mode does not retry TooManyRequestsException; standard does.
-CLIENT_CONFIG = AioConfig(
-    retries={"mode": "standard", "max_attempts": 4},
-    connect_timeout=10,
-    read_timeout=60,
-    max_pool_connections=50,
-)
+RETRYING = {"mode": "standard", "max_attempts": 4}
 # Calls the poller repeats at its next tick anyway are tried once, so a throttled start
-# or an endpoint without the batch call (moto) never holds a tick or a lock for seconds.
-SINGLE_ATTEMPT = CLIENT_CONFIG.merge(
-    AioConfig(retries={"mode": "standard", "total_max_attempts": 1})
-)
+# or a status call to an endpoint out of reach never holds a tick or a lock for seconds.
+SINGLE_ATTEMPT = {"mode": "standard", "total_max_attempts": 1}
 # A result object that cannot be read is read through GetQueryResults, always available:
 # S3 gets one retry (a transient error or a SlowDown), so an S3 that is down or out of
 # reach delays the results by about a second, not by a full round of backoffs.
-S3_CLIENT_CONFIG = CLIENT_CONFIG.merge(
-    AioConfig(retries={"mode": "standard", "total_max_attempts": 2})
-)
+S3_ATTEMPTS = {"mode": "standard", "total_max_attempts": 2}
 BATCH_LIMIT = 50
 PAGE_ROWS = 1000
 # Bytes asked of the S3 body per read: large enough that the hop to a worker thread per
@@ -52,6 +43,20 @@ S3_CHUNK_BYTES = 1024 * 1024
 # within moments, and a client would rather hear "cancelled" than "cancel requested".
 STOP_CONFIRM_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4)
 THROTTLING_CODES = frozenset({"TooManyRequestsException", "ThrottlingException"})
+# How AWS (and the local engine) answer an operation they do not have.
+UNKNOWN_OPERATION_CODES = frozenset({"UnknownOperationException", "InvalidAction"})
+
+
+def client_config(call_timeout: float, retries: dict[str, Any], **extra: Any) -> AioConfig:
+    """A client's config: no attempt waits longer than `call_timeout` to connect or for
+    the next bytes of an answer (the caller's deadline bounds the whole call)."""
+    return AioConfig(
+        retries=retries,
+        connect_timeout=call_timeout,
+        read_timeout=call_timeout,
+        max_pool_connections=50,
+        **extra,
+    )
 
 
 class AthenaCallError(Exception):
@@ -72,6 +77,17 @@ class AthenaCallError(Exception):
     def is_client_error(self) -> bool:
         """Athena refused the request itself (bad SQL, unknown id): retrying cannot help."""
         return self.status == 400 and not self.is_throttling
+
+    @property
+    def lacks_operation(self) -> bool:
+        """The endpoint says it does not have the operation at all."""
+        return self.code in UNKNOWN_OPERATION_CODES or self.status == 501
+
+    @property
+    def is_unexplained(self) -> bool:
+        """A 5xx whose body holds no Athena error: a proxy's error page, or an emulator's
+        answer to an operation it lacks (moto's bare HTML 500)."""
+        return self.status is not None and self.status >= 500 and self.code == str(self.status)
 
 
 class ResultObjectUnreadable(Exception):
@@ -146,15 +162,28 @@ def _cells(row: dict[str, Any]) -> list[str | None]:
 
 
 class Athena:
-    """The service's Athena and S3 clients; one per process, opened and closed by `main`."""
+    """The service's Athena and S3 clients; one per process, opened and closed by `main`.
+
+    Every call ends within `call_timeout` seconds, its retries included: a slow or
+    blackholed endpoint fails it as a passing `AthenaCallError` instead of holding its
+    caller (a tick, a start, a shutdown)."""
 
     def __init__(
-        self, client: Any, single_attempt_client: Any, s3_client: Any, output_location: str
+        self,
+        client: Any,
+        single_attempt_client: Any,
+        s3_client: Any,
+        output_location: str,
+        call_timeout: float,
     ) -> None:
         self._client = client
         self._single_attempt_client = single_attempt_client
         self._s3 = s3_client
         self._output_location = output_location
+        self.call_timeout = call_timeout
+        # False once the endpoint said it lacks BatchGetQueryExecution (moto, some
+        # emulators): it will not grow one while this client lives.
+        self.has_batch = True
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -169,6 +198,7 @@ class Athena:
         The S3 client (result objects) shares the region and credentials; against an
         S3-compatible endpoint it addresses buckets by path, as such endpoints expect."""
         session = get_session()
+        timeout = config.call_timeout_seconds
         async with contextlib.AsyncExitStack() as stack:
             client, single_attempt_client = [
                 await stack.enter_async_context(
@@ -176,35 +206,40 @@ class Athena:
                         "athena",
                         region_name=config.region,
                         endpoint_url=config.endpoint_url,
-                        config=client_config,
+                        config=client_config(timeout, retries),
                         **(credentials or {}),
                     )
                 )
-                for client_config in (CLIENT_CONFIG, SINGLE_ATTEMPT)
+                for retries in (RETRYING, SINGLE_ATTEMPT)
             ]
-            s3_client_config = S3_CLIENT_CONFIG
+            s3_options: dict[str, Any] = {}
             if s3_config.endpoint_url is not None:
-                s3_client_config = S3_CLIENT_CONFIG.merge(
-                    AioConfig(s3={"addressing_style": "path"})
-                )
+                s3_options["s3"] = {"addressing_style": "path"}
             s3_client = await stack.enter_async_context(
                 session.create_client(
                     "s3",
                     region_name=config.region,
                     endpoint_url=s3_config.endpoint_url,
-                    config=s3_client_config,
+                    config=client_config(timeout, S3_ATTEMPTS, **s3_options),
                     **(credentials or {}),
                 )
             )
-            yield cls(client, single_attempt_client, s3_client, config.output_location)
+            yield cls(client, single_attempt_client, s3_client, config.output_location, timeout)
 
     async def _call(
-        self, operation: str, *, single_attempt: bool = False, **params: Any
+        self,
+        operation: str,
+        *,
+        single_attempt: bool = False,
+        **params: Any,
     ) -> dict[str, Any]:
+        """One Athena call, ended after `call_timeout` seconds; a caller that must have
+        the answer sooner puts its own deadline around it."""
         started = time.monotonic()
         client = self._single_attempt_client if single_attempt else self._client
         try:
-            response: dict[str, Any] = await getattr(client, operation)(**params)
+            async with asyncio.timeout(self.call_timeout):
+                response: dict[str, Any] = await getattr(client, operation)(**params)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -213,6 +248,10 @@ class Athena:
             )
         except BotoCoreError as exc:
             failure = AthenaCallError(operation, type(exc).__name__, str(exc), None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The deadline, or the transport failing past botocore: a passing failure.
+            message = str(exc) or f"no answer within {self.call_timeout:g} s"
+            failure = AthenaCallError(operation, type(exc).__name__, message, None)
         else:
             return response
         logger.warning(
@@ -241,7 +280,10 @@ class Athena:
         return execution_id
 
     async def get(self, execution_id: str) -> Execution:
-        response = await self._call("get_query_execution", QueryExecutionId=execution_id)
+        """Athena's view of one execution, asked once: its callers ask again anyway."""
+        response = await self._call(
+            "get_query_execution", single_attempt=True, QueryExecutionId=execution_id
+        )
         return _execution(response["QueryExecution"])
 
     async def settled(self, execution_id: str) -> Execution | None:
@@ -259,17 +301,31 @@ class Athena:
         return execution
 
     async def batch_get(self, execution_ids: Sequence[str]) -> tuple[list[Execution], list[str]]:
-        """Up to 50 executions in one call; also returns the ids Athena did not process."""
+        """Up to 50 executions in one call; also returns the ids Athena did not process.
+        An endpoint that says it lacks the call is remembered (`has_batch`)."""
         if not 1 <= len(execution_ids) <= BATCH_LIMIT:
             raise ValueError(f"batch of {len(execution_ids)} ids; Athena takes 1 to {BATCH_LIMIT}")
-        response = await self._call(
-            "batch_get_query_execution", single_attempt=True, QueryExecutionIds=list(execution_ids)
-        )
+        try:
+            response = await self._call(
+                "batch_get_query_execution",
+                single_attempt=True,
+                QueryExecutionIds=list(execution_ids),
+            )
+        except AthenaCallError as exc:
+            if exc.lacks_operation:
+                self.batch_missing()
+            raise
         executions = [_execution(raw) for raw in response.get("QueryExecutions", [])]
         unprocessed = [
             item["QueryExecutionId"] for item in response.get("UnprocessedQueryExecutionIds", [])
         ]
         return executions, unprocessed
+
+    def batch_missing(self) -> None:
+        """Use GetQueryExecution per id from now on: the endpoint lacks the batch call."""
+        if self.has_batch:
+            logger.warning("the Athena endpoint lacks BatchGetQueryExecution; asking per id")
+        self.has_batch = False
 
     async def stop(self, execution_id: str) -> None:
         await self._call("stop_query_execution", QueryExecutionId=execution_id)
@@ -334,7 +390,8 @@ class Athena:
     async def _get_object(self, location: str, bucket: str, key: str) -> Any:
         """The body of an S3 GetObject, to be read and closed by the caller."""
         try:
-            response = await self._s3.get_object(Bucket=bucket, Key=key)
+            async with asyncio.timeout(self.call_timeout):
+                response = await self._s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "Unknown")

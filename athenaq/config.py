@@ -46,6 +46,9 @@ class AthenaConfig:
     workgroup: str
     output_location: str
     endpoint_url: str | None
+    # The longest one Athena or S3 call may take, its retries included (a result
+    # object's body: the longest wait for its next bytes).
+    call_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,9 @@ class AthenaSchema(_Section):
     # "embedded": the service runs the local engine (athenaq-local) in its own process.
     endpoint_url = fields.String(
         required=True, allow_none=True, validate=_url(("http", "https"), EMBEDDED)
+    )
+    call_timeout_seconds = fields.Float(
+        load_default=AthenaConfig.call_timeout_seconds, validate=validate.Range(min=0.1, max=600)
     )
 
     loads_into = AthenaConfig

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Iterable
 
 from loguru import logger
@@ -23,8 +24,11 @@ from athenaq.states import QueryRecord
 from athenaq.store import Store
 from athenaq.tasks import TaskRegistry
 
-# After an endpoint fails a batch call, ask per id for this long before trying again.
-BATCH_RETRY_SECONDS = 300.0
+# A status call may take one interval, but at least this long (an interval of a few ms
+# would time out healthy calls) and at most athena.call_timeout_seconds.
+MIN_STATUS_DEADLINE_SECONDS = 1.0
+# How many of the latest ticks' durations `tick_seconds` keeps.
+TICK_HISTORY = 100
 # The kind of background task that stores a query's results (see TaskRegistry).
 DOWNLOAD = "download"
 
@@ -54,7 +58,15 @@ class Poller:
         self._download_slots = asyncio.Semaphore(max_downloads)
         self._callback: PeriodicCallback | None = None
         self._tick_task: asyncio.Task[None] | None = None
-        self._batch_retry_at = 0.0
+        # A tick waits this long for a status call: a slow or unreachable endpoint never
+        # holds it much past its interval, and the next tick asks again.
+        self.status_deadline = min(
+            athena.call_timeout, max(interval_seconds, MIN_STATUS_DEADLINE_SECONDS)
+        )
+        # Ticks ended so far, when the last one ended (monotonic), and the latest durations.
+        self.ticks = 0
+        self.last_tick_at: float | None = None
+        self.tick_seconds: deque[float] = deque(maxlen=TICK_HISTORY)
 
     def start(self) -> None:
         """Begin polling now, then every interval (with 10% jitter so processes spread out)."""
@@ -81,6 +93,14 @@ class Poller:
     async def tick(self) -> None:
         """One round over the unfinished queries; errors are per query, never fatal."""
         started = time.monotonic()
+        try:
+            await self._round(started)
+        finally:
+            self.last_tick_at = time.monotonic()
+            self.tick_seconds.append(self.last_tick_at - started)
+            self.ticks += 1
+
+    async def _round(self, started: float) -> None:
         try:
             records = await self.store.unfinished()
         except Exception:
@@ -127,22 +147,31 @@ class Poller:
         self, execution_ids: list[str]
     ) -> tuple[list[Execution], list[tuple[str, str]]]:
         """Athena's view of each id, batched where the endpoint can; also the ids Athena
-        says it does not know, with its message."""
+        says it does not know, with its message.
+
+        A passing failure (throttling, the network, a 5xx, the deadline) ends the round:
+        the next tick asks again, batched. Only an endpoint that lacks the batch call is
+        asked per id from then on."""
         executions: list[Execution] = []
         singles: list[str] = []
-        if time.monotonic() >= self._batch_retry_at:
+        # A bare 5xx from the batch call: moto's answer for the call it lacks, or an error
+        # page of something in between. Asking per id tells which.
+        probing = False
+        if self.athena.has_batch:
             for start in range(0, len(execution_ids), BATCH_LIMIT):
                 chunk = execution_ids[start : start + BATCH_LIMIT]
                 try:
-                    found, unprocessed = await self.athena.batch_get(chunk)
+                    async with asyncio.timeout(self.status_deadline):
+                        found, unprocessed = await self.athena.batch_get(chunk)
+                except TimeoutError:
+                    logger.warning("batch status call timed out", seconds=self.status_deadline)
+                    return executions, []  # the next tick asks again
                 except AthenaCallError as exc:
-                    if exc.is_throttling:
-                        return executions, []  # ease off until the next tick
-                    logger.warning(
-                        "batch status call failed; asking per query for a while",
-                        error_code=exc.code,
-                    )
-                    self._batch_retry_at = time.monotonic() + BATCH_RETRY_SECONDS
+                    probing = exc.is_unexplained
+                    if not (exc.lacks_operation or exc.is_client_error or probing):
+                        return executions, []  # passing: the next tick asks again
+                    # No batch call there, a batch refused, or a bare 5xx to tell apart:
+                    # each id gets its own answer.
                     singles.extend(execution_ids[start:])
                     break
                 executions.extend(found)
@@ -150,15 +179,27 @@ class Poller:
         else:
             singles = execution_ids
         missing: list[tuple[str, str]] = []
+        answered = passing = False
 
         async def get_one(execution_id: str) -> None:
+            nonlocal answered, passing
+            if passing:
+                return  # the endpoint is out of reach or busy: the next tick asks again
             try:
-                executions.append(await self.athena.get(execution_id))
+                async with asyncio.timeout(self.status_deadline):
+                    executions.append(await self.athena.get(execution_id))
+                answered = True
             except AthenaCallError as exc:
                 if exc.is_client_error:
                     missing.append((execution_id, exc.message))
+                else:
+                    passing = True
+            except TimeoutError:
+                passing = True
 
         await self._bounded(get_one(i) for i in singles)
+        if probing and answered:
+            self.athena.batch_missing()  # GetQueryExecution works where the batch call fails
         return executions, missing
 
     async def _bounded(self, works: Iterable[Awaitable[None]]) -> None:

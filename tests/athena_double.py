@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from athenaq.local.api import ApiError
 from athenaq.local.base import (
     ACTIVE,
     STOPPED_BY_USER,
@@ -52,7 +53,6 @@ from athenaq.local.base import (
     ResultPage,
     State,
     TooManyQueries,
-    Unavailable,
     check_succeeded,
     page_of_ids,
     result_location,
@@ -288,7 +288,8 @@ class ScriptedEngine(Engine):
         if pause:
             await asyncio.sleep(pause)
         if operation == "BatchGetQueryExecution" and not self.batch:
-            raise Unavailable("BatchGetQueryExecution is not available on this endpoint")
+            # As AWS and the local engine answer an operation they do not have.
+            raise ApiError("UnknownOperationException", f"{operation} is not served here")
 
     def submit(
         self,
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         "--no-batch",
         dest="batch",
         action="store_false",
-        help="answer BatchGetQueryExecution with HTTP 500",
+        help="answer BatchGetQueryExecution as an endpoint without it: 400 UnknownOperation",
     )
     parser.add_argument("--delay-ms", type=int, default=0, help="delay every Athena reply")
     parser.add_argument(

@@ -169,14 +169,14 @@ async def test_batch_get_and_list(endpoint: AthenaDouble) -> None:
     assert err.value.response["Error"]["Message"] == "QueryExecution nope was not found"
 
 
-async def test_batch_disabled_answers_500() -> None:
+async def test_batch_disabled_answers_unknown_operation() -> None:
     with AthenaDouble(batch=False) as plain:
         async with athena(plain.url) as client:
             qid = await start(client, "SELECT 1")
             with pytest.raises(ClientError) as err:
                 await client.batch_get_query_execution(QueryExecutionIds=[qid])
-    assert err.value.response["Error"]["Code"] == "InternalServerException"
-    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert err.value.response["Error"]["Code"] == "UnknownOperationException"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
 
 
 async def test_stop_held_and_finished(endpoint: AthenaDouble) -> None:
@@ -303,4 +303,4 @@ async def test_runs_as_a_program() -> None:
         finally:
             program.send_signal(signal.SIGTERM)
         assert program.wait(5) == 0
-    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert err.value.response["Error"]["Code"] == "UnknownOperationException"

@@ -3,12 +3,13 @@ Athena endpoint) to make that server fail as networks do, without touching the s
 
 - `refuse()`: new connections are closed at once, as by a server that is down;
 - `blackhole()`: connections, new and open, stay up but carry nothing either way, as
-  through a dead route;
+  through a dead route (what was sent meanwhile arrives once it heals, as TCP
+  retransmits it);
 - `cut()`: every open connection is closed (new ones still pass);
 - `heal()`: back to passing everything.
 
 It runs on the test's event loop: `async with TcpProxy(host, port) as proxy`, then point
-the client at `proxy.port`.
+the client at `proxy.port`. Leaving it closes every connection it holds.
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ class TcpProxy:
         self.upstream = (upstream_host, upstream_port)
         self.port = 0
         self.mode = "pass"
+        # Connections accepted so far, refused ones included.
         self.accepted = 0
         self._server: asyncio.Server | None = None
-        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        # Both ends of every connection held, linked upstream or still waiting to be.
+        self._ends: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._closing = False
         self._flowing = asyncio.Event()
         self._flowing.set()
 
@@ -42,10 +47,15 @@ class TcpProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.heal()
-        self.cut()
+        # Every connection is closed and every handler woken to see it and end (a cancel
+        # would make asyncio's stream callback log the cancelled handler as an error).
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        self.cut()
+        self._flowing.set()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     def refuse(self) -> None:
@@ -61,32 +71,41 @@ class TcpProxy:
         self._flowing.set()
 
     def cut(self) -> None:
-        for client, server in list(self._links):
-            for writer in (client, server):
-                with contextlib.suppress(Exception):
-                    writer.transport.abort()
-        self._links.clear()
+        for end in list(self._ends):
+            with contextlib.suppress(Exception):
+                end.transport.abort()
+        self._ends.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         if self.mode == "refuse":
             writer.transport.abort()
             return
-        await self._flowing.wait()
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        self._ends.add(writer)
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            writer.transport.abort()
-            return
-        link = (writer, up_writer)
-        self._links.add(link)
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await self._flowing.wait()
+            if self._closing or writer not in self._ends:  # cut while it waited
+                return
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            except OSError:
+                return
+            if self._closing or writer not in self._ends:  # cut while it connected
+                up_writer.transport.abort()
+                return
+            self._ends.add(up_writer)
+            try:
+                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            finally:
+                self._ends.discard(up_writer)
+                up_writer.transport.abort()
         finally:
-            self._links.discard(link)
-            for end in link:
-                with contextlib.suppress(Exception):
-                    end.transport.abort()
+            self._ends.discard(writer)
+            writer.transport.abort()
+            self._handlers.discard(handler)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):

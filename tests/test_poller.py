@@ -34,16 +34,25 @@ async def test_the_backend_polls_athena_for_running_queries(
 async def test_without_batch_support_it_asks_per_query(
     db_url: str, tmp_path: Path, start_service: Callable[[Config], Awaitable[Service]]
 ) -> None:
+    # batch=False: the endpoint answers UnknownOperationException, as AWS does for an
+    # operation it lacks.
     with AthenaDouble(batch=False) as endpoint:
         service = await start_service(make_config(db_url, endpoint.url, tmp_path))
+        assert service.poller is not None
+        poller = service.poller
         client = Client(service.url)
         ids = [await client.submit(f'SELECT {n}\n-- double: {{"run_ms": 200}}') for n in range(3)]
         for query_id in ids:
             await client.wait_state(query_id, "SUCCEEDED")
+        held = await client.submit(HELD.format(n=9))
+        await client.wait_state(held, "RUNNING")
+        ticks, asked = poller.ticks, endpoint.calls()["GetQueryExecution"]
+        await wait_for(lambda: poller.ticks >= ticks + 10, what="ten more ticks")
         calls = endpoint.calls()
-        assert calls["GetQueryExecution"] >= 3
-        # The failed batch call is not repeated at every tick.
+        assert calls["GetQueryExecution"] >= asked + 9  # per id at every tick
+        # Remembered for the endpoint: the batch call is never tried again.
         assert calls.get("BatchGetQueryExecution", 0) == 1
+        assert poller.athena.has_batch is False
         await service.stop()
 
 

@@ -63,9 +63,8 @@ class Poller:
         self.status_deadline = min(
             athena.call_timeout, max(interval_seconds, MIN_STATUS_DEADLINE_SECONDS)
         )
-        # Ticks ended so far, when the last one ended (monotonic), and the latest durations.
+        # Ticks ended so far, and the latest ones' durations.
         self.ticks = 0
-        self.last_tick_at: float | None = None
         self.tick_seconds: deque[float] = deque(maxlen=TICK_HISTORY)
 
     def start(self) -> None:
@@ -96,8 +95,7 @@ class Poller:
         try:
             await self._round(started)
         finally:
-            self.last_tick_at = time.monotonic()
-            self.tick_seconds.append(self.last_tick_at - started)
+            self.tick_seconds.append(time.monotonic() - started)
             self.ticks += 1
 
     async def _round(self, started: float) -> None:

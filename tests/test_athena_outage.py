@@ -14,6 +14,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from athenaq.app import Service
+from athenaq.athena import AthenaCallError
 from athenaq.config import Config
 from athenaq.poller import Poller
 from tests.athena_double import AthenaDouble
@@ -225,3 +226,26 @@ async def test_an_endpoint_without_the_batch_call_is_asked_per_id_for_good(
     for query_id in ids:
         await client.wait_state(query_id, "SUCCEEDED")
     assert service.poller.athena.has_batch is False
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "lacks", "unexplained", "client_error"),
+    [
+        ("UnknownOperationException", 400, True, False, True),  # AWS, the local engine
+        ("NotImplemented", 501, True, False, False),
+        ("500", 500, False, True, False),  # moto's bare page, or a proxy's: ask per id to tell
+        ("InternalServerException", 500, False, False, False),  # passing
+        ("TooManyRequestsException", 400, False, False, False),  # passing
+        ("TimeoutError", None, False, False, False),  # passing
+        ("InvalidRequestException", 400, False, False, True),  # Athena refused it
+    ],
+)
+def test_how_a_failed_call_is_read(
+    code: str, status: int | None, lacks: bool, unexplained: bool, client_error: bool
+) -> None:
+    failure = AthenaCallError("batch_get_query_execution", code, "", status)
+    assert (failure.lacks_operation, failure.is_unexplained, failure.is_client_error) == (
+        lacks,
+        unexplained,
+        client_error,
+    )

@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ssl
 import time
 from typing import Any
 
 import tornado.web
 from loguru import logger
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from athenaq.athena import Athena
 from athenaq.auth import AllowEveryone, ApiKeys, Authorizer
-from athenaq.config import EMBEDDED, Config, S3Config
+from athenaq.config import EMBEDDED, Config, S3Config, ServerConfig
 from athenaq.handlers import health, queries
 from athenaq.handlers.base import Context, NotFoundHandler
+from athenaq.handlers.server import AthenaqHTTPServer
 from athenaq.ingest import Ingest
 from athenaq.launcher import Launcher
 from athenaq.logs import log_request
@@ -32,11 +33,13 @@ from athenaq.tasks import TaskRegistry
 
 # Where the embedded local engine keeps the result objects Athena would put in S3.
 LOCAL_ENGINE_DIR = "_local_engine"
-# How long a shutdown waits for requests in flight before closing their connections.
-DRAIN_SECONDS = 10.0
+# Tornado's own body limit, set past any a route takes: every handler streams its body and
+# answers its own JSON 413 (BaseHandler), and Tornado's check would only append a bare 400
+# to that answer.
+UNLIMITED_BODY = 2**62
 
 
-def make_app(ctx: Context) -> tornado.web.Application:
+def make_app(ctx: Context, cors_origins: frozenset[str] = frozenset()) -> tornado.web.Application:
     routes: list[Any] = [
         (pattern, handler, {"ctx": ctx})
         for module in (queries, health)
@@ -48,6 +51,23 @@ def make_app(ctx: Context) -> tornado.web.Application:
         default_handler_args={"ctx": ctx},
         log_function=log_request,
         compress_response=True,
+        # Read by BaseHandler.set_default_headers, which runs before a handler's initialize.
+        cors_origins=cors_origins,
+    )
+
+
+def make_http_server(app: tornado.web.Application, config: ServerConfig) -> AthenaqHTTPServer:
+    tls = None
+    if config.tls is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+    return AthenaqHTTPServer(
+        app,
+        ssl_options=tls,
+        idle_connection_timeout=config.idle_connection_timeout,
+        body_timeout=config.body_timeout,
+        max_body_size=UNLIMITED_BODY,
+        max_connections=config.max_connections,
     )
 
 
@@ -60,14 +80,15 @@ class Service:
         self.authorizer = authorizer
         self.port = 0
         self._stack = contextlib.AsyncExitStack()
-        self._server: HTTPServer | None = None
+        self._server: AthenaqHTTPServer | None = None
         self.tasks = TaskRegistry()
         self.poller: Poller | None = None
         self._ctx: Context | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.server.host}:{self.port}"
+        scheme = "http" if self.config.server.tls is None else "https"
+        return f"{scheme}://{self.config.server.host}:{self.port}"
 
     async def start(self) -> None:
         config = self.config
@@ -108,10 +129,10 @@ class Service:
                     else None
                 ),
             )
-            app = make_app(self._ctx)
+            app = make_app(self._ctx, frozenset(config.server.cors_origins))
             sockets = bind_sockets(config.server.port, config.server.host)
             self.port = sockets[0].getsockname()[1]
-            self._server = HTTPServer(app, max_body_size=100 * 1024 * 1024)
+            self._server = make_http_server(app, config.server)
             self._server.add_sockets(sockets)
             self.poller = Poller(
                 store,
@@ -169,7 +190,9 @@ class Service:
             self._server.stop()
             if self._ctx is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ctx.in_flight.idle(), DRAIN_SECONDS)
+                    await asyncio.wait_for(
+                        self._ctx.in_flight.idle(), self.config.server.drain_seconds
+                    )
             await self._server.close_all_connections()
         # Starts that requests in flight asked for.
         await self.tasks.wait()

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from athenaq.statements import KNOWN_KINDS
 
@@ -24,10 +33,30 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """The server's certificate (its chain first) and private key, PEM files."""
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str
     port: int
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Seconds a connection may take to send a request's headers, and stay idle between
+    # requests; a drip-fed connection is closed after it.
+    idle_connection_timeout: float = 60.0
+    # Seconds a request's body may take to arrive in full.
+    body_timeout: float = 30.0
+    # Open connections at once; past it a new one is answered 503 and closed.
+    max_connections: int = 512
+    # Seconds a shutdown waits for requests in flight before closing their connections.
+    drain_seconds: float = 10.0
+    # Origins a browser may call the API from (CORS); empty: none, no CORS headers.
+    cors_origins: tuple[str, ...] = ()
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +155,46 @@ class _Section(Schema):
         return self.loads_into(**data)
 
 
+def _origin(value: str) -> None:
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or value != f"{parts.scheme}://{parts.netloc}"
+    ):
+        raise ValidationError("must be an origin: http(s)://host[:port], no path or slash")
+
+
+class TlsSchema(_Section):
+    cert_file = fields.String(required=True, validate=validate.Length(min=1))
+    key_file = fields.String(required=True, validate=validate.Length(min=1))
+
+    @validates_schema
+    def usable(self, data: dict[str, Any], **_: Any) -> None:
+        """Fail at start, naming the file, rather than at the first TLS handshake."""
+        for key in ("cert_file", "key_file"):
+            try:
+                with open(data[key], "rb"):
+                    pass
+            except OSError as exc:
+                raise ValidationError(f"cannot read {data[key]}: {exc.strerror}", key) from None
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                data["cert_file"], data["key_file"]
+            )
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValidationError(
+                f"{data['cert_file']} and {data['key_file']} are not a PEM certificate "
+                f"and its private key: {exc}"
+            ) from None
+
+    loads_into = TlsConfig
+
+
+def _seconds(default: float) -> fields.Float:
+    return fields.Float(load_default=default, validate=validate.Range(min=0.01, max=86400))
+
+
 class ServerSchema(_Section):
     host = fields.String(required=True, validate=validate.Length(min=1))
     port = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=65535))
@@ -134,6 +203,24 @@ class ServerSchema(_Section):
         load_default=DEFAULT_MAX_BODY_BYTES,
         validate=validate.Range(min=64 * 1024, max=64 * 1024 * 1024),
     )
+    idle_connection_timeout = _seconds(ServerConfig.idle_connection_timeout)
+    body_timeout = _seconds(ServerConfig.body_timeout)
+    max_connections = fields.Integer(
+        strict=True,
+        load_default=ServerConfig.max_connections,
+        validate=validate.Range(min=1, max=1_000_000),
+    )
+    drain_seconds = fields.Float(
+        load_default=ServerConfig.drain_seconds, validate=validate.Range(min=0, max=3600)
+    )
+    cors_origins = fields.List(
+        fields.String(validate=_origin), load_default=list(ServerConfig.cors_origins)
+    )
+    tls = fields.Nested(TlsSchema, load_default=None, allow_none=True)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Any:
+        return ServerConfig(**{**data, "cors_origins": tuple(data["cors_origins"])})
 
     loads_into = ServerConfig
 

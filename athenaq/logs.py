@@ -92,3 +92,23 @@ def log_request(handler: RequestHandler) -> None:
         remote_ip=request.remote_ip,
         user=getattr(caller, "name", None),
     )
+
+
+# The status an aborted request is logged with: the client closed the connection before
+# its request was whole, so no answer was sent (nginx's code for the same).
+ABORTED_STATUS = 499
+
+
+def log_aborted_request(handler: RequestHandler) -> None:
+    """The access line of a request whose client hung up mid-body: Tornado never finishes
+    such a request, so `log_request` never sees it."""
+    request = handler.request
+    logger.warning(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=ABORTED_STATUS,
+        aborted=True,
+        duration_ms=round(request.request_time() * 1000, 1),
+        remote_ip=request.remote_ip,
+    )

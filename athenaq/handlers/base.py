@@ -9,21 +9,26 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from loguru import logger
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from athenaq.auth import Authorizer
 from athenaq.errors import (
     ApiError,
     Conflict,
     Forbidden,
+    InvalidJson,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     QueryNotFound,
     QueryRunning,
     RateLimited,
+    UnsupportedMediaType,
+    ValidationFailed,
 )
 from athenaq.identity import Caller
 from athenaq.launcher import Launcher
+from athenaq.logs import log_aborted_request
 from athenaq.lookup import Lookup
 from athenaq.machine import Machine
 from athenaq.ratelimit import RateLimiter
@@ -37,6 +42,17 @@ _HTTP_CODES = {
     413: "payload_too_large",
 }
 HandlerT = TypeVar("HandlerT", bound=type[RequestHandler])
+# On every answer, errors included: no version for scanners to match, no content sniffing,
+# and nothing a browser may load or frame from an API's answers.
+SECURITY_HEADERS = {
+    "Server": "athenaq",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+# What a CORS preflight may ask for, and the answer headers a browser's script may read.
+_CORS_REQUEST_HEADERS = "Authorization, Content-Type"
+_CORS_EXPOSED_HEADERS = "Location, Retry-After, Content-Disposition, ETag, WWW-Authenticate"
+_CORS_MAX_AGE = "600"
 
 
 class RequestsInFlight:
@@ -70,7 +86,7 @@ class Context:
     authorizer: Authorizer
     # Seconds a client polling a QUEUED or RUNNING query should wait (Retry-After).
     retry_after: int
-    # The largest request body read; past it a submit answers 413.
+    # The largest request body read; past it a route that takes one answers 413.
     max_body_bytes: int
     # Requests per second per caller (auth.requests_per_second); None: no limit.
     rate_limiter: RateLimiter | None = None
@@ -83,17 +99,39 @@ def allow_unauthenticated(cls: HandlerT) -> HandlerT:
     return cls
 
 
+# Every route streams its body, so that prepare() runs on the headers alone: a body too
+# large, or one where the route takes none, is refused before a byte of it is read.
+@stream_request_body
 class BaseHandler(RequestHandler):
     allow_unauthenticated = False
     # The scope a caller's key needs for this endpoint (athenaq.identity); None: any key.
     required_scope: str | None = None
+    # The methods whose body the route reads; any other request with a body answers 413.
+    body_methods: frozenset[str] = frozenset()
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.body = bytearray()
+        self._counted = True
         ctx.in_flight.enter()
 
     def on_finish(self) -> None:
-        self.ctx.in_flight.leave()
+        self._leave()
+
+    def on_connection_close(self) -> None:
+        # A client that hangs up before its body is whole never gets its method run, so
+        # neither finish() nor on_finish() comes: account for the request here.
+        abandoned = not self._finished and not self.request._body_future.done()
+        super().on_connection_close()
+        if abandoned and self._counted:
+            log_aborted_request(self)
+            self._leave()
+
+    def _leave(self) -> None:
+        """Leave the in-flight count, once, whichever of finish or a hang-up comes first."""
+        if self._counted:
+            self._counted = False
+            self.ctx.in_flight.leave()
 
     @property
     def machine(self) -> Machine:
@@ -108,7 +146,7 @@ class BaseHandler(RequestHandler):
         return self.ctx.launcher
 
     async def prepare(self) -> None:
-        if self.allow_unauthenticated:
+        if self.screen_request() or self.allow_unauthenticated:
             return
         caller = await self.ctx.authorizer.authorize(self.request)
         self.current_user = caller
@@ -128,6 +166,87 @@ class BaseHandler(RequestHandler):
         caller: Caller = self.current_user
         return caller
 
+    def screen_request(self) -> bool:
+        """Refuse a body this route cannot take before reading it, and answer a CORS
+        preflight; both before authentication, since a preflight carries no credentials.
+        True when the request has been answered."""
+        headers = self.request.headers
+        takes_body = self.request.method in self.body_methods
+        limit = self._body_limit()
+        length = headers.get("Content-Length")
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        if length is not None:
+            # Proxies may repeat it ("12, 12"); Tornado refuses unequal repeats itself.
+            first = length.split(",")[0].strip()
+            if not (first.isascii() and first.isdigit()):
+                raise HTTPError(400, reason="Content-Length must be a number of bytes")
+            if int(first) > limit:
+                raise self._too_large(limit)
+        elif chunked and not takes_body:
+            raise self._too_large(limit)
+        if self.request.method == "OPTIONS":
+            if self._cors_origin() is None or "Access-Control-Request-Method" not in headers:
+                return False
+            self.set_status(204)
+            self.set_header("Access-Control-Allow-Methods", ", ".join(self.allowed_methods()))
+            self.set_header("Access-Control-Allow-Headers", _CORS_REQUEST_HEADERS)
+            self.set_header("Access-Control-Max-Age", _CORS_MAX_AGE)
+            self.finish()
+            return True
+        if takes_body:
+            media_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+            # Also what keeps a browser's cross-site form or text/plain POST out.
+            if media_type != "application/json" and not media_type.endswith("+json"):
+                raise UnsupportedMediaType("Content-Type must be application/json")
+        return False
+
+    def data_received(self, chunk: bytes) -> None:
+        limit = self._body_limit()
+        if len(self.body) + len(chunk) > limit:
+            # A chunked body has no length to judge it by up front: answer once it is too
+            # long; Tornado then drops the rest and closes the connection.
+            exc = self._too_large(limit)
+            self.send_error(exc.status, exc_info=(type(exc), exc, None))
+            return
+        self.body.extend(chunk)
+
+    def _body_limit(self) -> int:
+        return self.ctx.max_body_bytes if self.request.method in self.body_methods else 0
+
+    def _too_large(self, limit: int) -> PayloadTooLarge:
+        if limit == 0:
+            return PayloadTooLarge(f"{self.request.method} {self.request.path[:200]} takes no body")
+        return PayloadTooLarge(f"the body is over {limit} bytes")
+
+    def parse_json_body(self) -> Any:
+        """The body as a JSON document; 400 for bytes that are not UTF-8, not JSON, nested
+        past what the parser can follow, or strings that are not Unicode text."""
+        try:
+            text = bytes(self.body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJson(f"the body is not UTF-8 text: {exc}") from None
+        try:
+            document = json.loads(text)
+        except RecursionError:
+            raise InvalidJson("the body is not valid JSON: nested too deeply") from None
+        except ValueError as exc:
+            raise InvalidJson(f"the body is not valid JSON: {exc}") from None
+        # Once the bytes decoded strictly, a lone surrogate can only come from a \u escape.
+        if "\\u" in text:
+            where = _lone_surrogate(document)
+            if where is not None:
+                raise ValidationFailed(f"{where}: a lone surrogate (\\u escape) is not text")
+        return document
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        if name is not None:
+            return super().decode_argument(value, name)
+        # A path segment. Ids are ASCII, so a segment that is not even UTF-8 names nothing.
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise QueryNotFound(value.decode("utf-8", "backslashreplace")[:64]) from None
+
     def query_id(self, segment: str) -> str:
         """The path's query id; anything but a lowercase canonical UUID is unknown."""
         if not _UUID.match(segment):
@@ -141,6 +260,20 @@ class BaseHandler(RequestHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+        if self.settings.get("cors_origins"):
+            self.set_header("Vary", "Origin")
+            origin = self._cors_origin()
+            if origin is not None:
+                self.set_header("Access-Control-Allow-Origin", origin)
+                self.set_header("Access-Control-Expose-Headers", _CORS_EXPOSED_HEADERS)
+
+    def _cors_origin(self) -> str | None:
+        """The request's Origin when the config's allow-list has it (off when empty)."""
+        origin = self.request.headers.get("Origin")
+        allowed: frozenset[str] = self.settings.get("cors_origins", frozenset())
+        return origin if origin in allowed else None
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Domain errors are answers, not faults; only the unexpected is logged with a trace.
@@ -191,3 +324,24 @@ class NotFoundHandler(BaseHandler):
 
     async def prepare(self) -> None:
         raise NotFound(f"no such endpoint: {self.request.path[:200]}")
+
+
+def _lone_surrogate(document: Any) -> str | None:
+    """Where in a decoded JSON document a string holds a lone surrogate (the top-level
+    field, or "the body"), or None. Walked with a stack: the document may be deep."""
+    fields = document.items() if isinstance(document, dict) else [("the body", document)]
+    for name, value in fields:
+        stack = [name, value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return name if name.isprintable() else "a field name"
+            elif isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    return None

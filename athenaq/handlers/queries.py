@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from marshmallow import ValidationError
 from tornado.iostream import StreamClosedError
-from tornado.web import stream_request_body
 
-from athenaq.errors import InvalidJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from athenaq.handlers.base import BaseHandler, Context
+from athenaq.errors import PayloadTooLarge, ValidationFailed
+from athenaq.handlers.base import BaseHandler
 from athenaq.identity import CANCEL, READ, SUBMIT
 from athenaq.schemas import (
     MAX_QUERY_BYTES,
@@ -49,35 +47,14 @@ def _first_message(messages: Any) -> str:
     return str(messages)
 
 
-@stream_request_body
 class SubmitHandler(BaseHandler):
     """POST /query: 202 + Location; 400, 403, 413, 415, 429."""
 
     required_scope = SUBMIT
-
-    def initialize(self, ctx: Context) -> None:
-        super().initialize(ctx)
-        self._body = bytearray()
-        self._body_too_large = False
-
-    def data_received(self, chunk: bytes) -> None:
-        # Keep at most the limit in memory; the rest is read and dropped so the
-        # client still gets a JSON answer instead of a reset connection.
-        if len(self._body) + len(chunk) > self.ctx.max_body_bytes:
-            self._body_too_large = True
-        else:
-            self._body.extend(chunk)
+    body_methods = frozenset({"POST"})
 
     async def post(self) -> None:
-        media_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if media_type != "application/json" and not media_type.endswith("+json"):
-            raise UnsupportedMediaType("Content-Type must be application/json")
-        if self._body_too_large:
-            raise PayloadTooLarge(f"the body is over {self.ctx.max_body_bytes} bytes")
-        try:
-            document = json.loads(bytes(self._body))
-        except ValueError as exc:
-            raise InvalidJson(f"the body is not valid JSON: {exc}") from None
+        document = self.parse_json_body()
         try:
             request = _SUBMIT_REQUEST.load(document)
         except ValidationError as exc:

@@ -191,8 +191,14 @@ class TlsSchema(_Section):
     loads_into = TlsConfig
 
 
-def _seconds(default: float) -> fields.Float:
-    return fields.Float(load_default=default, validate=validate.Range(min=0.01, max=86400))
+class _Seconds(fields.Float):
+    """A duration as a JSON number (`30` or `2.5`), never a string or a boolean."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError("must be a number of seconds")
+        result: float = super()._deserialize(value, attr, data, **kwargs)
+        return result
 
 
 class ServerSchema(_Section):
@@ -203,14 +209,19 @@ class ServerSchema(_Section):
         load_default=DEFAULT_MAX_BODY_BYTES,
         validate=validate.Range(min=64 * 1024, max=64 * 1024 * 1024),
     )
-    idle_connection_timeout = _seconds(ServerConfig.idle_connection_timeout)
-    body_timeout = _seconds(ServerConfig.body_timeout)
+    idle_connection_timeout = _Seconds(
+        load_default=ServerConfig.idle_connection_timeout,
+        validate=validate.Range(min=0.01, max=86400),
+    )
+    body_timeout = _Seconds(
+        load_default=ServerConfig.body_timeout, validate=validate.Range(min=0.01, max=86400)
+    )
     max_connections = fields.Integer(
         strict=True,
         load_default=ServerConfig.max_connections,
         validate=validate.Range(min=1, max=1_000_000),
     )
-    drain_seconds = fields.Float(
+    drain_seconds = _Seconds(
         load_default=ServerConfig.drain_seconds, validate=validate.Range(min=0, max=3600)
     )
     cors_origins = fields.List(

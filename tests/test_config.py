@@ -18,6 +18,12 @@ from tests.conftest import V1_CONFIG, Client, body, config_with
 def test_a_v1_file_gets_the_defaults() -> None:
     config = parse_config(V1_CONFIG)
     assert config.server.max_body_bytes == 1024 * 1024
+    assert config.server.idle_connection_timeout == 60.0
+    assert config.server.body_timeout == 30.0
+    assert config.server.max_connections == 512
+    assert config.server.drain_seconds == 10.0
+    assert config.server.cors_origins == ()
+    assert config.server.tls is None
     assert config.poller.max_concurrent_calls == 10
     assert config.poller.max_concurrent_downloads == 4
 
@@ -27,14 +33,32 @@ def test_a_v1_file_gets_the_defaults() -> None:
     [
         ("server", "max_body_bytes", 1024),
         ("server", "max_body_bytes", "1MiB"),
+        ("server", "idle_connection_timeout", 0),
+        ("server", "idle_connection_timeout", "60"),
+        ("server", "body_timeout", -1),
+        ("server", "max_connections", 0),
+        ("server", "max_connections", 10.5),
+        ("server", "drain_seconds", -1),
+        ("server", "drain_seconds", True),
+        ("server", "cors_origins", "https://app.example"),
+        ("server", "cors_origins.0", "*"),
+        ("server", "cors_origins.0", "https://app.example/"),
+        ("server", "cors_origins.0", "https://app.example/path"),
+        ("server", "cors_origins.0", "ftp://app.example"),
+        ("server", "cors", []),
         ("poller", "max_concurrent_calls", 0),
         ("poller", "max_concurrent_calls", 1.5),
         ("poller", "max_concurrent_downloads", 65),
     ],
 )
 def test_a_bad_optional_key_is_named(section: str, key: str, value: Any) -> None:
+    document = (
+        config_with(f"{section}.cors_origins", [value])
+        if key == "cors_origins.0"
+        else config_with(f"{section}.{key}", value)
+    )
     with pytest.raises(ConfigError, match=rf"^{section}\.{key}: "):
-        parse_config(config_with(f"{section}.{key}", value))
+        parse_config(document)
 
 
 def test_a_v1_file_has_keys_off_and_any_statement_kind() -> None:
@@ -71,6 +95,20 @@ def test_a_bad_auth_or_sql_key_is_named(section: str, value: Any, message: str) 
 def test_the_optional_keys_are_read() -> None:
     config = parse_config(config_with("poller.max_concurrent_downloads", 2))
     assert config.poller.max_concurrent_downloads == 2
+    server = {
+        **V1_CONFIG["server"],
+        "idle_connection_timeout": 5,
+        "body_timeout": 2.5,
+        "max_connections": 100,
+        "drain_seconds": 0,
+        "cors_origins": ["https://app.example", "http://localhost:3000"],
+    }
+    config = parse_config({**V1_CONFIG, "server": server})
+    assert config.server.idle_connection_timeout == 5.0
+    assert config.server.body_timeout == 2.5
+    assert config.server.max_connections == 100
+    assert config.server.drain_seconds == 0.0
+    assert config.server.cors_origins == ("https://app.example", "http://localhost:3000")
 
 
 async def test_the_body_limit_is_the_configured_one(

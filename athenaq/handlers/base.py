@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from loguru import logger
+from tornado.http1connection import is_transfer_encoding_chunked
+from tornado.httputil import HTTPHeaders, HTTPInputError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from athenaq.auth import Authorizer
@@ -170,35 +172,45 @@ class BaseHandler(RequestHandler):
         """Refuse a body this route cannot take before reading it, and answer a CORS
         preflight; both before authentication, since a preflight carries no credentials.
         True when the request has been answered."""
-        headers = self.request.headers
-        takes_body = self.request.method in self.body_methods
-        limit = self._body_limit()
-        length = headers.get("Content-Length")
-        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-        if length is not None:
-            # Proxies may repeat it ("12, 12"); Tornado refuses unequal repeats itself.
-            first = length.split(",")[0].strip()
-            if not (first.isascii() and first.isdigit()):
-                raise HTTPError(400, reason="Content-Length must be a number of bytes")
-            if int(first) > limit:
-                raise self._too_large(limit)
-        elif chunked and not takes_body:
-            raise self._too_large(limit)
+        self._screen_body()
         if self.request.method == "OPTIONS":
-            if self._cors_origin() is None or "Access-Control-Request-Method" not in headers:
-                return False
-            self.set_status(204)
-            self.set_header("Access-Control-Allow-Methods", ", ".join(self.allowed_methods()))
-            self.set_header("Access-Control-Allow-Headers", _CORS_REQUEST_HEADERS)
-            self.set_header("Access-Control-Max-Age", _CORS_MAX_AGE)
-            self.finish()
-            return True
-        if takes_body:
-            media_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+            return self._answer_preflight()
+        if self.request.method in self.body_methods:
+            media_type = self.request.headers.get("Content-Type", "").split(";")[0]
+            media_type = media_type.strip().lower()
             # Also what keeps a browser's cross-site form or text/plain POST out.
             if media_type != "application/json" and not media_type.endswith("+json"):
                 raise UnsupportedMediaType("Content-Type must be application/json")
         return False
+
+    def _screen_body(self) -> None:
+        """413 for a body announced over the route's limit, 400 for one whose framing
+        Tornado would refuse, from the headers alone."""
+        headers = self.request.headers
+        try:
+            chunked = is_transfer_encoding_chunked(headers)
+            length = _content_length(headers)
+        except HTTPInputError as exc:
+            # Tornado would find the same when it reads the body, after prepare(), and
+            # answer a bare 400. Answered here, the connection closes once this is sent.
+            raise HTTPError(400, reason=f"the request's body framing is broken: {exc}") from None
+        limit = self._body_limit()
+        if (length or 0) > limit or (chunked and limit == 0):
+            raise self._too_large(limit)
+
+    def _answer_preflight(self) -> bool:
+        """204 with what the route allows, for a CORS preflight from an allowed origin."""
+        if (
+            self._cors_origin() is None
+            or "Access-Control-Request-Method" not in self.request.headers
+        ):
+            return False
+        self.set_status(204)
+        self.set_header("Access-Control-Allow-Methods", ", ".join(self.allowed_methods()))
+        self.set_header("Access-Control-Allow-Headers", _CORS_REQUEST_HEADERS)
+        self.set_header("Access-Control-Max-Age", _CORS_MAX_AGE)
+        self.finish()
+        return True
 
     def data_received(self, chunk: bytes) -> None:
         limit = self._body_limit()
@@ -324,6 +336,20 @@ class NotFoundHandler(BaseHandler):
 
     async def prepare(self) -> None:
         raise NotFound(f"no such endpoint: {self.request.path[:200]}")
+
+
+def _content_length(headers: HTTPHeaders) -> int | None:
+    """The announced body length, read as strictly as Tornado reads it: digits only, and
+    a value a proxy repeated ("12, 12") only when every copy is the same."""
+    value = headers.get("Content-Length")
+    if value is None:
+        return None
+    first, *others = (piece.strip() for piece in value.split(","))
+    if any(other != first for other in others):
+        raise HTTPInputError(f"unequal Content-Lengths: {value[:100]!r}")
+    if not (first.isascii() and first.isdigit()):
+        raise HTTPInputError(f"Content-Length is not a number: {value[:100]!r}")
+    return int(first)
 
 
 def _lone_surrogate(document: Any) -> str | None:

@@ -268,6 +268,20 @@ async def test_a_route_without_a_body_refuses_one_before_reading_it(
         assert await connection.closed_by_server()
 
 
+async def test_a_64_mib_body_to_cancel_is_never_read(raw: Callable[[], Awaitable[Raw]]) -> None:
+    connection = await raw()
+    await connection.send(
+        request_head("POST", f"/query/{UNKNOWN_ID}/cancel", f"Content-Length: {64 * MIB}")
+    )
+    assert (await connection.answer()).status == 413
+    # The server has closed its end: the body cannot be delivered, only the few MiB the
+    # kernels' buffers hold are taken before the write fails.
+    piece = b"x" * MIB
+    with pytest.raises(ConnectionError):
+        for _ in range(64):
+            await connection.send(piece)
+
+
 @pytest.mark.parametrize(("method", "path"), NO_BODY_ROUTES[:2])
 async def test_a_route_without_a_body_refuses_a_chunked_one(
     raw: Callable[[], Awaitable[Raw]], method: str, path: str

@@ -75,9 +75,17 @@ def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def log_request(handler: RequestHandler) -> None:
-    """Tornado's `log_function`: one access line per request, its level by status."""
-    status = handler.get_status()
+# The status an aborted request is logged with: the client closed the connection before
+# its request was whole, so no answer was sent (nginx's code for the same).
+ABORTED_STATUS = 499
+
+
+def log_request(handler: RequestHandler, *, aborted: bool = False) -> None:
+    """Tornado's `log_function`: one access line per request, its level by status.
+
+    `aborted`: the client hung up mid-body. Tornado never finishes such a request, so
+    the handler logs it itself, as status 499 with `"aborted": true`."""
+    status = ABORTED_STATUS if aborted else handler.get_status()
     level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
     request = handler.request
     # Set by prepare() once the caller is known; never the key itself.
@@ -91,24 +99,5 @@ def log_request(handler: RequestHandler) -> None:
         duration_ms=round(request.request_time() * 1000, 1),
         remote_ip=request.remote_ip,
         user=getattr(caller, "name", None),
-    )
-
-
-# The status an aborted request is logged with: the client closed the connection before
-# its request was whole, so no answer was sent (nginx's code for the same).
-ABORTED_STATUS = 499
-
-
-def log_aborted_request(handler: RequestHandler) -> None:
-    """The access line of a request whose client hung up mid-body: Tornado never finishes
-    such a request, so `log_request` never sees it."""
-    request = handler.request
-    logger.warning(
-        "request",
-        method=request.method,
-        path=request.path,
-        status=ABORTED_STATUS,
-        aborted=True,
-        duration_ms=round(request.request_time() * 1000, 1),
-        remote_ip=request.remote_ip,
+        **({"aborted": True} if aborted else {}),
     )

@@ -30,7 +30,7 @@ from athenaq.errors import (
 )
 from athenaq.identity import Caller
 from athenaq.launcher import Launcher
-from athenaq.logs import log_aborted_request
+from athenaq.logs import log_request
 from athenaq.lookup import Lookup
 from athenaq.machine import Machine
 from athenaq.ratelimit import RateLimiter
@@ -126,7 +126,7 @@ class BaseHandler(RequestHandler):
         abandoned = not self._finished and not self.request._body_future.done()
         super().on_connection_close()
         if abandoned and self._counted:
-            log_aborted_request(self)
+            log_request(self, aborted=True)
             self._leave()
 
     def _leave(self) -> None:

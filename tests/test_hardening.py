@@ -17,7 +17,7 @@ from tornado.httpclient import HTTPResponse
 
 from athenaq.app import Service
 from athenaq.config import Config
-from tests.conftest import Client, body, wait_for
+from tests.conftest import Client, body, wait_for, with_keys
 
 SELECT = 'SELECT 1\n-- double: {"columns": [["n","integer"]], "rows": [["1"]]}'  # a quick SUCCEEDED
 JSON = {"Content-Type": "application/json"}
@@ -609,3 +609,30 @@ async def test_a_preflight_from_an_allowed_origin_is_204(cors_client: Client) ->
     refused = await cors_client.request("OPTIONS", "/query", headers=headers)
     assert_error(refused, 405, "method_not_allowed")
     assert "Access-Control-Allow-Origin" not in refused.headers
+
+
+async def test_with_api_keys_a_preflight_needs_no_key_and_a_refusal_says_so(
+    config: Config, start_service: Callable[[Config], Awaitable[Service]]
+) -> None:
+    server = replace(config.server, cors_origins=("https://app.example",))
+    service = await start_service(with_keys(replace(config, server=server)))
+    client = Client(service.url)
+    origin = {"Origin": "https://app.example"}
+
+    # A browser sends the preflight without the Authorization header it asks about.
+    preflight = await client.request(
+        "OPTIONS",
+        "/query",
+        headers={**origin, "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.code == 204
+    # The 401 is readable by the page's script, and says what it is.
+    response = await client.request("GET", f"/query/{UNKNOWN_ID}/status", headers=origin)
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "WWW-Authenticate" in response.headers["Access-Control-Expose-Headers"]
+    for header, value in SECURITY.items():
+        assert response.headers[header] == value
+    # A body is refused on its headers, before the key would be looked up.
+    too_large = await client.request("POST", f"/query/{UNKNOWN_ID}/cancel", raw=b"{}")
+    assert_error(too_large, 413, "payload_too_large")

@@ -5,7 +5,10 @@ processes, and that no key is ever written down. Over HTTP to the real service w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from athenaq.identity import (
 )
 from athenaq.main import main
 from athenaq.store import Store
-from tests.conftest import Client, body, config_with, make_key, with_keys
+from tests.conftest import Client, body, config_with, free_port, make_key, wait_for, with_keys
 
 StartService = Callable[..., Awaitable[Service]]
 RUNNING_SQL = 'SELECT 1 -- double: {"hold": true}'
@@ -126,21 +129,52 @@ async def test_each_scope_opens_its_endpoints_and_ownership_hides_others_queries
 
 
 async def test_a_revoke_on_one_process_refuses_the_key_at_once_on_another(
-    config: Config, start_service: StartService, keys_store: Store
+    config: Config,
+    double: Any,
+    db_url: str,
+    tmp_path: Path,
+    start_service: StartService,
+    keys_store: Store,
 ) -> None:
+    # Process A serves in this test's process; process B is the athenaq command.
     first = await start_service(with_keys(config))
-    second = await start_service(with_keys(config))
-    key = await make_key(keys_store, "team")
-    on_first, on_second = Client(first.url, key=key), Client(second.url, key=key)
-    query_id = await on_first.submit("SELECT 1")
-    assert (await on_second.status(query_id))["owner"] == "team"
+    port = free_port()
+    document = config_with("server.port", port)
+    document["database"]["url"] = db_url
+    document["athena"]["endpoint_url"] = double.url
+    document["auth"] = {"mode": "api_keys"}
+    (tmp_path / "config.json").write_text(json.dumps(document))
+    second = subprocess.Popen(
+        [sys.executable, "-m", "athenaq", "serve", "--config", "config.json"],
+        cwd=tmp_path,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        key = await make_key(keys_store, "team")
+        on_first = Client(first.url, key=key)
+        on_second = Client(f"http://127.0.0.1:{port}", key=key)
 
-    assert await keys_store.revoke_key("team")
+        async def serving() -> bool:
+            with contextlib.suppress(OSError):
+                return (await on_second.request("GET", "/health")).code == 200
+            return False
 
-    for client in (on_first, on_second):
-        response = await client.request("GET", f"/query/{query_id}/status")
-        assert code(response) == (401, "unauthorized")
-        assert "revoked" in body(response)["error"]["message"]
+        await wait_for(serving, timeout=60, what="the second process to answer")
+        query_id = await on_first.submit("SELECT 1")
+        assert (await on_second.status(query_id))["owner"] == "team"
+
+        status, out, _ = await run_main(
+            "keys", "revoke", "--config", str(tmp_path / "config.json"), "team"
+        )
+        assert (status, out) == (0, "revoked team\n")
+
+        for client in (on_first, on_second):
+            response = await client.request("GET", f"/query/{query_id}/status")
+            assert code(response) == (401, "unauthorized")
+            assert body(response)["error"]["message"] == "the API key was revoked"
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
 
 
 async def test_transitions_record_who_caused_them(

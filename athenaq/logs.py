@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 
 def _json_sink(stream: TextIO | None) -> Any:
+    # Made once: json.dumps given any option builds a new encoder for every line.
+    encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
+
     def sink(message: Message) -> None:
         record = message.record
         line: dict[str, Any] = {
@@ -36,7 +39,7 @@ def _json_sink(stream: TextIO | None) -> Any:
             line["exception"] = f"{getattr(exc_type, '__name__', exc_type)}: {exc_value}"
         # Looked up at each line when not given, so a replaced sys.stderr is honoured.
         out = stream or sys.stderr
-        out.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
+        out.write(encode(line) + "\n")
         out.flush()
 
     return sink

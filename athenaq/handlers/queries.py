@@ -14,11 +14,11 @@ from athenaq.handlers.base import BaseHandler
 from athenaq.identity import CANCEL, READ, SUBMIT
 from athenaq.schemas import (
     MAX_QUERY_BYTES,
+    STATUS,
     CancelSchema,
     ResultsRequest,
     ResultsSchema,
     StateSchema,
-    StatusSchema,
     SubmitRequest,
 )
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 _SUBMIT_REQUEST = SubmitRequest()
 _RESULTS_REQUEST = ResultsRequest()
 _STATE = StateSchema()
-_STATUS = StatusSchema()
 _RESULTS = ResultsSchema()
 _CANCEL = CancelSchema()
 
@@ -74,7 +73,12 @@ class StatusHandler(BaseHandler):
 
     async def get(self, segment: str) -> None:
         record = await self.lookup.get(self.query_id(segment), self.caller)
-        self.write_json(_STATUS.dump(record))
+        self.write_json(STATUS.dump(record))
+
+    def compute_etag(self) -> None:
+        # The answer is `Cache-Control: no-store`: no cache keeps it to revalidate, so a
+        # hash of every answer would be work for nothing.
+        return None
 
 
 class ResultsHandler(BaseHandler):

@@ -24,6 +24,7 @@ QUEUED = QueryRecord(
     submitted_at=AT,
     version=0,
     updated_at=AT,
+    owner="alice",
     **dict.fromkeys(EXECUTION_FIELDS),
 )
 SUCCEEDED = dataclasses.replace(

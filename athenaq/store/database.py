@@ -5,8 +5,8 @@ gets the async driver's form of it (`mysql+asyncmy://`, `sqlite+aiosqlite://`).
 
 Connections are in autocommit mode, with the rollback SQLAlchemy sends when a connection
 goes back to the pool skipped: a read is one statement and one round trip, and on SQLite
-it takes no lock. A write transaction says BEGIN itself (`transaction`), and on SQLite it
-is BEGIN IMMEDIATE, which takes the file's write lock before the first read: the
+it takes no lock. A write transaction says BEGIN itself (`begin_statement`), and on SQLite
+it is BEGIN IMMEDIATE, which takes the file's write lock before the first read: the
 compare-and-set cannot interleave with another process's, and a writer waiting for the
 lock waits (busy timeout) instead of failing on a stale snapshot. WAL lets readers go on
 meanwhile.
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import URL, Connection, Engine, NullPool, text
+from sqlalchemy import URL, Connection, Dialect, Engine, NullPool, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -149,12 +149,18 @@ async def _use_wal(conn: AsyncConnection) -> None:
         await asyncio.sleep(0.01)
 
 
+def begin_statement(dialect: Dialect) -> str:
+    """What opens a write transaction: BEGIN IMMEDIATE on SQLite (see above)."""
+    return "BEGIN IMMEDIATE" if dialect.name == "sqlite" else "BEGIN"
+
+
 @contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """A connection whose statements commit together when the block ends, or not at all.
-    Synchronous: it runs inside the greenlet of a store operation (see queries.py)."""
+    Synchronous: it runs inside the greenlet of a schema change (see schema.py); the
+    store's own writes run on the driver (queries.py `DriverPool`)."""
     with engine.connect() as conn:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN")
+        conn.exec_driver_sql(begin_statement(conn.dialect))
         try:
             yield conn
         except BaseException:

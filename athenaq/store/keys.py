@@ -1,4 +1,5 @@
-"""API keys and what each owner used: the statements, run inside a store operation.
+"""API keys and what each owner used: the statements, run inside a store operation
+(the limit checks inside a submit's or a transition's, on the driver: see driver.py).
 
 Lists (scopes, databases, workgroups, statements) are JSON text, the same on both
 databases; null means any.
@@ -11,11 +12,12 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, bindparam, func, insert, select, update
+from sqlalchemy import Connection, RowMapping, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import mysql, sqlite
 
 from athenaq.identity import ApiKey, Caller
 from athenaq.states import UNFINISHED
+from athenaq.store.driver import DriverConnection
 from athenaq.store.tables import api_keys, daily_usage, queries
 
 
@@ -43,9 +45,10 @@ _REVOKE = (
 # Taken before counting, so two submits of one key (in any processes) count in turn.
 # SQLite has no row locks and needs none: its write transaction already holds the file.
 _LOCK_KEY = select(api_keys.c.name).where(api_keys.c.name == bindparam("name")).with_for_update()
+# OR rather than IN: an IN list is rendered at each execution, which driver.py does not do.
 _UNFINISHED_OF = select(func.count()).where(
     queries.c.owner == bindparam("owner"),
-    queries.c.state.in_([state.value for state in UNFINISHED]),
+    or_(*(queries.c.state == state.value for state in sorted(UNFINISHED))),
 )
 _USED = select(daily_usage.c.data_scanned_bytes).where(
     daily_usage.c.owner == bindparam("owner"), daily_usage.c.day == bindparam("day")
@@ -126,18 +129,18 @@ def revoke_key(conn: Connection, name: str, now: datetime) -> bool:
     return conn.execute(_REVOKE, {"match_name": name, "revoked_at": now}).rowcount == 1
 
 
-def check_running(conn: Connection, owner: str, limit: int) -> None:
+async def check_running(conn: DriverConnection, owner: str, limit: int) -> None:
     """Raise RunningLimitReached when `owner` has `limit` unfinished queries; in a write
     transaction, which the count holds until it ends."""
-    conn.execute(_LOCK_KEY, {"name": owner})
-    running = conn.execute(_UNFINISHED_OF, {"owner": owner}).scalar_one()
+    await conn.execute(_LOCK_KEY, {"name": owner})
+    running = await conn.scalar(_UNFINISHED_OF, {"owner": owner})
     if running >= limit:
         raise RunningLimitReached(running)
 
 
-def add_usage(conn: Connection, owner: str, day: str, scanned_bytes: int) -> None:
+async def add_usage(conn: DriverConnection, owner: str, day: str, scanned_bytes: int) -> None:
     upsert = _UPSERTS[conn.dialect.name]
-    conn.execute(upsert, {"owner": owner, "day": day, "data_scanned_bytes": scanned_bytes})
+    await conn.execute(upsert, {"owner": owner, "day": day, "data_scanned_bytes": scanned_bytes})
 
 
 def used(conn: Connection, owner: str, day: str) -> int:

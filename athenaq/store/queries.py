@@ -1,13 +1,12 @@
 """The Store: every query and its transition history.
 
 State changes are compare-and-set on (state, version), so two server processes sharing
-the database cannot both win the same transition. The statements are built once, at
-import, so a request only binds values to a compiled statement SQLAlchemy has cached.
-
-Each operation is one plain function run in one greenlet (`greenlet_spawn`, SQLAlchemy's
-bridge between its synchronous core and asyncio), rather than an await per step: a status
-read then makes one switch instead of four (checkout, execute, close), about a third less
-CPU per read.
+the database cannot both win the same transition. The statements are built with Core
+once, at import. The ones of a status read, a submit and a launch run on the driver's
+connection, compiled once for the engine's dialect (driver.py); the others (the poller's
+list of unfinished queries, a history, the API keys) run through SQLAlchemy, each
+operation one plain function in one greenlet (`greenlet_spawn`, SQLAlchemy's bridge
+between its synchronous core and asyncio).
 """
 
 from __future__ import annotations
@@ -17,12 +16,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Connection,
-    Dialect,
-    Engine,
     Executable,
     RowMapping,
-    Select,
     bindparam,
     insert,
     select,
@@ -36,6 +31,7 @@ from athenaq.identity import ApiKey, Caller
 from athenaq.states import EXECUTION_FIELDS, QueryRecord, QueryState, Transition
 from athenaq.store import keys, schema
 from athenaq.store.database import open_engine, transaction
+from athenaq.store.driver import DriverConnection, DriverPool
 from athenaq.store.schema import SchemaChange
 from athenaq.store.tables import queries, query_transitions
 
@@ -65,8 +61,8 @@ _INSERT_QUERY = insert(queries)
 _INSERT_TRANSITION = insert(query_transitions)
 # The guard that keeps processes correct: the row changes only if nobody else changed it
 # since it was read, and the affected-row count says whether it did. The columns to set
-# come with the values at each call (SQLAlchemy caches a compiled form per set of them);
-# the expected values are bound under names no column has.
+# come with the values at each call (driver.py compiles one form per set of them); the
+# expected values are bound under names no column has.
 _COMPARE_AND_SET = (
     update(queries)
     .where(
@@ -78,80 +74,27 @@ _COMPARE_AND_SET = (
 )
 
 
-class PreparedRead:
-    """A SELECT built with Core, compiled once for the engine's dialect and run on the
-    driver's own connection (asyncmy's or aiosqlite's), checked out of SQLAlchemy's pool,
-    its values converted by the table's own types.
-
-    For the hottest read (a status request is one): it skips SQLAlchemy's per-execution
-    work and its DBAPI adapter (a greenlet switch, a lock and a copy of the rows per
-    statement), which measured twice the driver's own time for a read by primary key."""
-
-    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
-        self.sql = str(compiled)
-        self.names = tuple(compiled.positiontup or ())
-        self.driver = dialect.driver
-        columns = list(statement.selected_columns)
-        self.keys = [str(column.key) for column in columns]
-        self.converters = [
-            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
-        ]
-
-    async def first(self, engine: Engine, params: dict[str, Any]) -> dict[str, Any] | None:
-        """The first row as a dict by column, or None."""
-        connection = await greenlet_spawn(engine.raw_connection)
-        try:
-            row = await self._fetch_one(
-                connection.driver_connection, tuple(params[name] for name in self.names)
-            )
-        except BaseException:
-            # A statement cut short (an error, a cancel) leaves the connection in a state
-            # nobody knows: it is closed rather than pooled, as SQLAlchemy itself would.
-            await greenlet_spawn(connection.invalidate)
-            raise
-        finally:
-            await greenlet_spawn(connection.close)
-        if row is None:
-            return None
-        return {
-            key: value if convert is None else convert(value)
-            for key, convert, value in zip(self.keys, self.converters, row, strict=True)
-        }
-
-    async def _fetch_one(self, driver: Any, args: tuple[Any, ...]) -> Any:
-        if self.driver == "aiosqlite":
-            async with driver.execute(self.sql, args) as cursor:
-                return await cursor.fetchone()
-        async with driver.cursor() as cursor:  # asyncmy
-            await cursor.execute(self.sql, args)
-            return await cursor.fetchone()
-
-
 def _record(row: RowMapping | dict[str, Any]) -> QueryRecord:
     return QueryRecord(**{**row, "state": QueryState(row["state"])})
+
+
+async def _compare_and_set(
+    conn: DriverConnection, current: QueryRecord, columns: dict[str, Any], now: datetime
+) -> bool:
+    params = {
+        **columns,
+        "updated_at": now,
+        "expected_id": current.id,
+        "expected_state": current.state.value,
+        "expected_version": current.version,
+    }
+    return await conn.execute(_COMPARE_AND_SET, params) == 1
 
 
 def _check_columns(changes: dict[str, Any]) -> None:
     unknown = set(changes) - MUTABLE_COLUMNS
     if unknown:
         raise ValueError(f"not a mutable column: {sorted(unknown)}")
-
-
-def _compare_and_set(
-    conn: Connection, current: QueryRecord, columns: dict[str, Any], now: datetime
-) -> bool:
-    result = conn.execute(
-        _COMPARE_AND_SET,
-        {
-            **columns,
-            "updated_at": now,
-            "expected_id": current.id,
-            "expected_state": current.state.value,
-            "expected_version": current.version,
-        },
-    )
-    return result.rowcount == 1
 
 
 class Store:
@@ -161,7 +104,7 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sync = engine.sync_engine
-        self._get_read = PreparedRead(_GET, engine.dialect)
+        self._driver = DriverPool(self._sync)
 
     @classmethod
     async def connect(cls, url: str, *, maxsize: int = 10) -> Store:
@@ -219,14 +162,10 @@ class Store:
             owner=owner,
             **dict.fromkeys(EXECUTION_FIELDS),  # no execution yet
         )
-        await greenlet_spawn(self._insert, record, reason, running_limit)
-        return record
-
-    def _insert(self, record: QueryRecord, reason: str, running_limit: int | None) -> None:
-        with transaction(self._sync) as conn:
+        async with self._driver.transaction() as conn:
             if running_limit is not None:
-                keys.check_running(conn, record.owner, running_limit)
-            conn.execute(
+                await keys.check_running(conn, record.owner, running_limit)
+            await conn.execute(
                 _INSERT_QUERY,
                 {
                     "id": record.id,
@@ -241,7 +180,7 @@ class Store:
                     "owner": record.owner,
                 },
             )
-            conn.execute(
+            await conn.execute(
                 _INSERT_TRANSITION,
                 {
                     "query_id": record.id,
@@ -252,10 +191,12 @@ class Store:
                     "caused_by": record.owner,
                 },
             )
+        return record
 
     async def get(self, query_id: str) -> QueryRecord | None:
         """The query as stored now, or None when there is no query `query_id`."""
-        row = await self._get_read.first(self._sync, {"id": query_id})
+        async with self._driver.connect() as conn:
+            row = await conn.first(_GET, {"id": query_id})
         return _record(row) if row else None
 
     async def unfinished(self) -> list[QueryRecord]:
@@ -285,29 +226,16 @@ class Store:
         With `running_limit`, raise keys.RunningLimitReached when the owner has that many
         unfinished queries (a refresh makes one more)."""
         _check_columns(changes)
-        return await greenlet_spawn(
-            self._transition, current, to_state, reason, changes, by, running_limit
-        )
-
-    def _transition(
-        self,
-        current: QueryRecord,
-        to_state: QueryState,
-        reason: str | None,
-        changes: dict[str, Any],
-        by: str,
-        running_limit: int | None,
-    ) -> bool:
         now = utcnow()
-        with transaction(self._sync) as conn:
+        async with self._driver.transaction() as conn:
             if running_limit is not None:
-                keys.check_running(conn, current.owner, running_limit)
-            if not _compare_and_set(conn, current, {"state": to_state.value, **changes}, now):
-                return False  # nothing written: the transaction has nothing to undo
+                await keys.check_running(conn, current.owner, running_limit)
+            if not await _compare_and_set(conn, current, {"state": to_state.value, **changes}, now):
+                return False  # nothing written: the commit has nothing to commit
             scanned = changes.get("data_scanned_bytes")
             if to_state.is_finished and scanned:
-                keys.add_usage(conn, current.owner, now.date().isoformat(), scanned)
-            conn.execute(
+                await keys.add_usage(conn, current.owner, now.date().isoformat(), scanned)
+            await conn.execute(
                 _INSERT_TRANSITION,
                 {
                     "query_id": current.id,
@@ -324,12 +252,9 @@ class Store:
         """Compare-and-set columns other than the state (for instance the Athena execution
         id); False when another writer changed the row since `current` was read."""
         _check_columns(changes)
-        return await greenlet_spawn(self._update, current, changes)
-
-    def _update(self, current: QueryRecord, changes: dict[str, Any]) -> bool:
         # One statement is atomic on its own: no BEGIN and COMMIT round trips around it.
-        with self._sync.connect() as conn:
-            return _compare_and_set(conn, current, changes, utcnow())
+        async with self._driver.connect() as conn:
+            return await _compare_and_set(conn, current, changes, utcnow())
 
     async def history(self, query_id: str) -> list[Transition]:
         """The query's transitions, oldest first."""

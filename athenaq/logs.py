@@ -70,7 +70,9 @@ class _InterceptHandler(logging.Handler):
 def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
     """Send all of the process's logs to `stream` (stderr) as JSON lines."""
     logger.remove()
-    logger.add(_json_sink(stream), level=level, backtrace=False, diagnose=False)
+    # The sink writes the record itself: the text loguru formats for it is only the
+    # message, not its default line (time, level, origin), which would cost for nothing.
+    logger.add(_json_sink(stream), level=level, format="{message}", backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     # One access line per request comes from log_request; Tornado's own would repeat it.
     logging.getLogger("tornado.access").disabled = True

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import ssl
 import time
+from datetime import timedelta
 from typing import Any
 
 import tornado.web
@@ -114,6 +115,7 @@ class Service:
                 Policy(store),
                 database=config.athena.database,
                 workgroup=config.athena.workgroup,
+                store_retry=timedelta(minutes=config.results.store_retry_minutes),
             )
             launcher = Launcher(store, athena, machine, self.tasks)
             self._ctx = Context(

@@ -88,6 +88,9 @@ class S3Config:
 @dataclass(frozen=True)
 class ResultsConfig:
     dir: str
+    # How long a result that cannot be written (a full or unwritable disk) is tried
+    # again, from its first failure, before its query is FAILED.
+    store_retry_minutes: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -191,14 +194,24 @@ class TlsSchema(_Section):
     loads_into = TlsConfig
 
 
-class _Seconds(fields.Float):
-    """A duration as a JSON number (`30` or `2.5`), never a string or a boolean."""
+class _Duration(fields.Float):
+    """A duration as a JSON number (`30` or `2.5`) of `unit`, never a string or a boolean."""
+
+    unit: ClassVar[str]
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValidationError("must be a number of seconds")
+            raise ValidationError(f"must be a number of {self.unit}")
         result: float = super()._deserialize(value, attr, data, **kwargs)
         return result
+
+
+class _Seconds(_Duration):
+    unit = "seconds"
+
+
+class _Minutes(_Duration):
+    unit = "minutes"
 
 
 class ServerSchema(_Section):
@@ -273,6 +286,11 @@ class S3Schema(_Section):
 
 class ResultsSchema(_Section):
     dir = fields.String(required=True, validate=validate.Length(min=1))
+    # Fractions of a minute too: tests, and operators who would rather fail fast.
+    store_retry_minutes = _Minutes(
+        load_default=ResultsConfig.store_retry_minutes,
+        validate=validate.Range(min=0, max=7 * 24 * 60),
+    )
 
     loads_into = ResultsConfig
 

@@ -10,14 +10,16 @@ lock saves work, the SQL guard keeps several processes correct.
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loguru import logger
 
 from athenaq.athena import Athena, AthenaCallError, Execution
-from athenaq.clock import utcnow
+from athenaq.clock import isoformat, utcnow
 from athenaq.errors import (
     QueryCancelled,
     QueryFinished,
@@ -40,6 +42,11 @@ Q = QueryState
 RACE_RETRIES = 5
 # When a caller at its max_running may try again: queries take seconds at the least.
 RUNNING_LIMIT_RETRY_SECONDS = 5
+# The state_reason of a RUNNING query whose results could not be written. It carries the
+# time of the first failure, so every process, and a restarted one, counts the retries'
+# deadline from that failure (see _failing_since).
+STORE_RETRY_REASON = "results could not be stored since {since}, trying again: {error}"
+_STORE_RETRY_SINCE = re.compile(r"^results could not be stored since (\S+), trying again: ")
 
 
 class Machine:
@@ -56,6 +63,7 @@ class Machine:
         *,
         database: str,
         workgroup: str,
+        store_retry: timedelta,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -65,6 +73,8 @@ class Machine:
         self.lookup = lookup
         self.database = database
         self.workgroup = workgroup
+        # How long results that cannot be written are tried again before the query fails.
+        self.store_retry = store_retry
         self.lock = KeyedLock()
 
     # -- the single writer --------------------------------------------------------------
@@ -274,17 +284,25 @@ class Machine:
                     changes={"completed_at": utcnow()},
                 )
 
-    async def store_results(self, query_id: str, execution: Execution) -> None:
+    async def store_results(self, query_id: str, execution: Execution) -> bool:
         """Store a SUCCEEDED execution's results, then (and only then) set SUCCEEDED.
 
         The ingest holds no lock: cancels, refreshes and other queries go on meanwhile.
+        Returns False when the results could not be written (a full or unwritable disk):
+        the query stays RUNNING, its state_reason says why, and the caller tries again
+        later, until `store_retry` has passed since the first failure; then it is FAILED.
         Raises AthenaCallError when Athena could not give them for a passing reason
         (throttled, out of reach): the next poll tries again."""
         execution_id = execution.execution_id
         try:
             stored = await self.ingest.store(query_id, execution)
-        except (AthenaCallError, OSError) as exc:
-            if isinstance(exc, AthenaCallError) and not exc.is_client_error:
+        except OSError as exc:
+            # Athena's transport errors arrive as AthenaCallError: an OSError here is the
+            # results folder's (full, over quota, read-only, gone, refused), which an
+            # operator can heal; the same execution's results are then read again.
+            return await self._store_failed(query_id, execution, exc)
+        except AthenaCallError as exc:
+            if not exc.is_client_error:
                 raise
             async with self.lock(query_id):
                 if current := await self._tracking(query_id, execution_id):
@@ -292,7 +310,7 @@ class Machine:
                     await self.apply(
                         current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
                     )
-            return
+            return True
         changes = {
             **execution.statistics,
             "results_at": utcnow(),
@@ -309,7 +327,7 @@ class Machine:
                 if await self.apply(
                     current, Event.SUCCEED, by=POLLER, reason="results stored", changes=changes
                 ):
-                    return
+                    return True
             latest = await self.store.get(query_id)
             if not (
                 latest
@@ -318,6 +336,40 @@ class Machine:
             ):
                 # Cancelled or refreshed while storing: this result belongs to nobody.
                 await self.results.delete(query_id, execution_id)
+        return True
+
+    async def _store_failed(self, query_id: str, execution: Execution, error: OSError) -> bool:
+        """Note that the results could not be written, keeping the time of the first
+        failure; FAIL the query once `store_retry` has passed since then. False while
+        it is to be tried again."""
+        fields = {"query_id": query_id, "athena_query_execution_id": execution.execution_id}
+        async with self.lock(query_id):
+            for _ in range(RACE_RETRIES):
+                current = await self._tracking(query_id, execution.execution_id)
+                if current is None:
+                    return True  # cancelled or refreshed meanwhile: nothing to store
+                now = utcnow()
+                since = _failing_since(current.state_reason) or now
+                if now - since >= self.store_retry:
+                    reason = f"results could not be stored since {isoformat(since)}: {error}"
+                    if await self.apply(
+                        current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
+                    ):
+                        return True
+                    continue
+                reason = STORE_RETRY_REASON.format(since=isoformat(since), error=error)
+                if reason == current.state_reason or await self.store.update(
+                    current, {"state_reason": reason}
+                ):
+                    logger.warning(
+                        "results could not be stored; trying again",
+                        since=isoformat(since),
+                        error=str(error),
+                        **fields,
+                    )
+                    return False
+        logger.warning("the query kept changing; its results are tried again", **fields)
+        return False
 
     async def _tracking(self, query_id: str, execution_id: str) -> QueryRecord | None:
         """The query as stored, if it is unfinished and its execution is `execution_id`."""
@@ -325,6 +377,18 @@ class Machine:
         if current is None or current.is_finished or current.athena_execution_id != execution_id:
             return None
         return current
+
+
+def _failing_since(reason: str | None) -> datetime | None:
+    """When the results of a RUNNING query were first found unwritable, as its
+    state_reason (STORE_RETRY_REASON) says; None when they were not."""
+    found = _STORE_RETRY_SINCE.match(reason or "")
+    if found is None:
+        return None
+    try:
+        return datetime.fromisoformat(found[1]).astimezone(UTC).replace(tzinfo=None)
+    except ValueError:
+        return None
 
 
 def _too_many(exc: RunningLimitReached) -> TooManyQueries:

@@ -4,12 +4,14 @@ Each tick reads the unfinished queries from the store (so a restarted or a
 second process picks up every one of them), sends the ones not yet sent, asks
 Athena about the rest in batches of 50, and hands each observation to the
 machine. Result downloads run as their own tasks, so a large result never delays
-the polling of the other queries.
+the polling of the other queries. Results that could not be written (a full disk) are
+tried again after one interval, then after twice as long each time, up to a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Iterable
@@ -31,6 +33,11 @@ MIN_STATUS_DEADLINE_SECONDS = 1.0
 TICK_HISTORY = 100
 # The kind of background task that stores a query's results (see TaskRegistry).
 DOWNLOAD = "download"
+# Results that could not be written are tried again after one interval, then twice as
+# long each time, up to this, give or take STORE_RETRY_JITTER (so that a disk freed at
+# once is not hit by every waiting query in the same instant).
+MAX_STORE_RETRY_SECONDS = 60.0
+STORE_RETRY_JITTER = 0.1
 
 
 class Poller:
@@ -63,6 +70,10 @@ class Poller:
         self.status_deadline = min(
             athena.call_timeout, max(interval_seconds, MIN_STATUS_DEADLINE_SECONDS)
         )
+        # Executions whose results could not be written: the latest wait (seconds, before
+        # jitter), and when (time.monotonic()) they are tried again. Athena is not asked about them
+        # meanwhile: their executions have SUCCEEDED and stay so.
+        self._store_retries: dict[str, tuple[float, float]] = {}
         # Ticks ended so far, and the latest ones' durations.
         self.ticks = 0
         self.tick_seconds: deque[float] = deque(maxlen=TICK_HISTORY)
@@ -107,10 +118,14 @@ class Poller:
         for record in records:
             if record.athena_execution_id is None:
                 self.launcher.launch_soon(record.id)
+        self._forget_retries({r.athena_execution_id for r in records})
+        now = time.monotonic()
         watched = {
             r.athena_execution_id: r
             for r in records
-            if r.athena_execution_id is not None and not self.tasks.running(DOWNLOAD, r.id)
+            if r.athena_execution_id is not None
+            and not self.tasks.running(DOWNLOAD, r.id)
+            and not self._waiting_to_store(r.athena_execution_id, now)
         }
         if watched:
             executions, missing = await self._fetch(list(watched))
@@ -133,13 +148,34 @@ class Poller:
     async def _download(self, query_id: str, execution: Execution) -> None:
         async with self._download_slots:
             try:
-                await self.machine.store_results(query_id, execution)
+                stored = await self.machine.store_results(query_id, execution)
             except Exception:
                 logger.exception(
                     "storing results failed; the next poll tries again",
                     query_id=query_id,
                     athena_query_execution_id=execution.execution_id,
                 )
+                return
+        if stored:
+            self._store_retries.pop(execution.execution_id, None)
+        else:
+            self._retry_store_later(execution.execution_id)
+
+    def _retry_store_later(self, execution_id: str) -> None:
+        previous = self._store_retries.get(execution_id, (0.0, 0.0))[0]
+        wait = min(previous * 2, MAX_STORE_RETRY_SECONDS) if previous else self.interval_seconds
+        jittered = wait * random.uniform(1 - STORE_RETRY_JITTER, 1 + STORE_RETRY_JITTER)
+        self._store_retries[execution_id] = (wait, time.monotonic() + jittered)
+
+    def _waiting_to_store(self, execution_id: str, now: float) -> bool:
+        retry = self._store_retries.get(execution_id)
+        return retry is not None and retry[1] > now
+
+    def _forget_retries(self, unfinished: set[str | None]) -> None:
+        """Drop the retries of executions no longer tracked (finished, cancelled,
+        refreshed, or stored by another process)."""
+        for execution_id in self._store_retries.keys() - unfinished:
+            del self._store_retries[execution_id]
 
     async def _fetch(
         self, execution_ids: list[str]

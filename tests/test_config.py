@@ -26,6 +26,7 @@ def test_a_v1_file_gets_the_defaults() -> None:
     assert config.server.tls is None
     assert config.poller.max_concurrent_calls == 10
     assert config.poller.max_concurrent_downloads == 4
+    assert config.results.store_retry_minutes == 60.0
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,11 @@ def test_a_v1_file_gets_the_defaults() -> None:
         ("poller", "max_concurrent_calls", 0),
         ("poller", "max_concurrent_calls", 1.5),
         ("poller", "max_concurrent_downloads", 65),
+        ("results", "store_retry_minutes", -1),
+        ("results", "store_retry_minutes", "60"),
+        ("results", "store_retry_minutes", True),
+        ("results", "store_retry_minutes", None),
+        ("results", "store_retry_minutes", 7 * 24 * 60 + 1),
     ],
 )
 def test_a_bad_optional_key_is_named(section: str, key: str, value: Any) -> None:
@@ -95,6 +101,10 @@ def test_a_bad_auth_or_sql_key_is_named(section: str, value: Any, message: str) 
 def test_the_optional_keys_are_read() -> None:
     config = parse_config(config_with("poller.max_concurrent_downloads", 2))
     assert config.poller.max_concurrent_downloads == 2
+    # Fractions of a minute are taken, 0 too (fail at the first write that fails).
+    for minutes in (0.01, 0):
+        config = parse_config(config_with("results.store_retry_minutes", minutes))
+        assert config.results.store_retry_minutes == minutes
     server = {
         **V1_CONFIG["server"],
         "idle_connection_timeout": 5,

@@ -19,6 +19,7 @@ from athenaq.auth import AllowEveryone, ApiKeys, Authorizer
 from athenaq.config import EMBEDDED, Config, S3Config, ServerConfig
 from athenaq.handlers import health, queries
 from athenaq.handlers.base import Context, NotFoundHandler
+from athenaq.handlers.readiness import Readiness
 from athenaq.handlers.server import AthenaqHTTPServer
 from athenaq.ingest import Ingest
 from athenaq.launcher import Launcher
@@ -118,6 +119,16 @@ class Service:
                 store_retry=timedelta(minutes=config.results.store_retry_minutes),
             )
             launcher = Launcher(store, athena, machine, self.tasks)
+            poller = Poller(
+                store,
+                athena,
+                machine,
+                launcher,
+                self.tasks,
+                config.poller.interval_seconds,
+                max_calls=config.poller.max_concurrent_calls,
+                max_downloads=config.poller.max_concurrent_downloads,
+            )
             self._ctx = Context(
                 machine=machine,
                 lookup=lookup,
@@ -125,6 +136,8 @@ class Service:
                 authorizer=self.authorizer or self._authorizer(store),
                 retry_after=max(1, round(config.poller.interval_seconds)),
                 max_body_bytes=config.server.max_body_bytes,
+                max_inflight_requests=config.server.max_inflight_requests,
+                readiness=Readiness(store, results, poller),
                 rate_limiter=(
                     RateLimiter(config.auth.requests_per_second)
                     if config.auth.requests_per_second
@@ -136,17 +149,8 @@ class Service:
             self.port = sockets[0].getsockname()[1]
             self._server = make_http_server(app, config.server)
             self._server.add_sockets(sockets)
-            self.poller = Poller(
-                store,
-                athena,
-                machine,
-                launcher,
-                self.tasks,
-                config.poller.interval_seconds,
-                max_calls=config.poller.max_concurrent_calls,
-                max_downloads=config.poller.max_concurrent_downloads,
-            )
-            self.poller.start()
+            self.poller = poller
+            poller.start()
         except BaseException:
             await self._stack.aclose()
             raise

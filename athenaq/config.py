@@ -52,6 +52,8 @@ class ServerConfig:
     body_timeout: float = 30.0
     # Open connections at once; past it a new one is answered 503 and closed.
     max_connections: int = 512
+    # Requests handled at once; past it a new one is answered 503 before it is read.
+    max_inflight_requests: int = 256
     # Seconds a shutdown waits for requests in flight before closing their connections.
     drain_seconds: float = 10.0
     # Origins a browser may call the API from (CORS); empty: none, no CORS headers.
@@ -232,6 +234,11 @@ class ServerSchema(_Section):
     max_connections = fields.Integer(
         strict=True,
         load_default=ServerConfig.max_connections,
+        validate=validate.Range(min=1, max=1_000_000),
+    )
+    max_inflight_requests = fields.Integer(
+        strict=True,
+        load_default=ServerConfig.max_inflight_requests,
         validate=validate.Range(min=1, max=1_000_000),
     )
     drain_seconds = _Seconds(

@@ -153,3 +153,9 @@ class ServiceUnavailable(ApiError):
         super().__init__(message)
         # Every 503 says when to try again; the conditions behind these pass within moments.
         self.headers["Retry-After"] = "1"
+
+
+class Overloaded(ServiceUnavailable):
+    """More requests in flight than the process takes (server.max_inflight_requests)."""
+
+    code = "overloaded"

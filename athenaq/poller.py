@@ -77,6 +77,9 @@ class Poller:
         # Ticks ended so far, and the latest ones' durations.
         self.ticks = 0
         self.tick_seconds: deque[float] = deque(maxlen=TICK_HISTORY)
+        # time.monotonic() when the latest tick ended (None before the first): readiness
+        # tells a poller that stopped or hangs by its age.
+        self.last_tick: float | None = None
 
     def start(self) -> None:
         """Begin polling now, then every interval (with 10% jitter so processes spread out)."""
@@ -106,7 +109,8 @@ class Poller:
         try:
             await self._round(started)
         finally:
-            self.tick_seconds.append(time.monotonic() - started)
+            self.last_tick = time.monotonic()
+            self.tick_seconds.append(self.last_tick - started)
             self.ticks += 1
 
     async def _round(self, started: float) -> None:

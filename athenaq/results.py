@@ -78,6 +78,20 @@ class ResultFiles:
             else:
                 leftover.unlink(missing_ok=True)
 
+    def check_writable(self) -> None:
+        """Create, sync and remove a small file in the folder; OSError when it cannot. The
+        file has the temporary prefix, so one a crash left behind is removed at start."""
+        probe = self.directory / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
+        try:
+            with probe.open("xb") as file:
+                file.write(b"ready")
+                os.fsync(file.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+            raise
+        probe.unlink()
+
     def path(self, query_id: str, execution_id: str) -> Path:
         """The execution's result directory."""
         return self.directory / f"{query_id}.{execution_id}"

@@ -21,6 +21,7 @@ from athenaq.errors import (
     InvalidJson,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     QueryNotFound,
     QueryRunning,
@@ -28,6 +29,7 @@ from athenaq.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from athenaq.handlers.readiness import Readiness
 from athenaq.identity import Caller
 from athenaq.launcher import Launcher
 from athenaq.logs import log_request
@@ -90,6 +92,10 @@ class Context:
     retry_after: int
     # The largest request body read; past it a route that takes one answers 413.
     max_body_bytes: int
+    # Requests in flight past which a new one answers 503 overloaded, health's excepted.
+    max_inflight_requests: int
+    # What GET /ready checks.
+    readiness: Readiness
     # Requests per second per caller (auth.requests_per_second); None: no limit.
     rate_limiter: RateLimiter | None = None
     in_flight: RequestsInFlight = field(default_factory=RequestsInFlight)
@@ -110,6 +116,9 @@ class BaseHandler(RequestHandler):
     required_scope: str | None = None
     # The methods whose body the route reads; any other request with a body answers 413.
     body_methods: frozenset[str] = frozenset()
+    # False for the endpoints a load balancer asks (health, readiness): answered even when
+    # the process sheds every other request.
+    sheddable = True
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -169,9 +178,15 @@ class BaseHandler(RequestHandler):
         return caller
 
     def screen_request(self) -> bool:
-        """Refuse a body this route cannot take before reading it, and answer a CORS
-        preflight; both before authentication, since a preflight carries no credentials.
-        True when the request has been answered."""
+        """Shed load, refuse a body this route cannot take before reading it, and answer a
+        CORS preflight; all before authentication, since a preflight carries no credentials.
+        True when the request has been answered.
+
+        First of all, past `max_inflight_requests` (this one counted) the request is shed:
+        answered at once, before its body, its key or the store, so that clients back off
+        rather than wait in a queue until they time out."""
+        if self.sheddable and self.ctx.in_flight.count > self.ctx.max_inflight_requests:
+            raise Overloaded("too many requests in flight; try again")
         self._screen_body()
         if self.request.method == "OPTIONS":
             return self._answer_preflight()

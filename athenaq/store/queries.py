@@ -11,6 +11,7 @@ between its synchronous core and asyncio).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -130,6 +131,13 @@ class Store:
     async def check_schema(self) -> None:
         """Raise SchemaError unless the schema is at this release's revision."""
         await schema.check(self._engine)
+
+    async def ping(self, deadline: float) -> None:
+        """Raise unless the database answers a `SELECT 1` within `deadline` seconds
+        (TimeoutError when it does not answer). A statement cut short by the deadline
+        closes its connection rather than pooling it."""
+        async with asyncio.timeout(deadline), self._engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
 
     async def create(
         self,

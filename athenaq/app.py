@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import secrets
+import socket
 import ssl
 import time
 from datetime import timedelta
@@ -30,6 +33,7 @@ from athenaq.policy import Policy
 from athenaq.poller import Poller
 from athenaq.ratelimit import RateLimiter
 from athenaq.results import ResultFiles
+from athenaq.states import Lease
 from athenaq.store import Store
 from athenaq.tasks import TaskRegistry
 
@@ -86,6 +90,12 @@ class Service:
         self.tasks = TaskRegistry()
         self.poller: Poller | None = None
         self._ctx: Context | None = None
+        self._store: Store | None = None
+        # This process's name in the queries it polls: unique across hosts and restarts.
+        self.lease = Lease(
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}",
+            config.poller.lease_seconds,
+        )
 
     @property
     def url(self) -> str:
@@ -97,6 +107,7 @@ class Service:
         try:
             store = await Store.connect(config.database.url, maxsize=config.database.pool_size)
             self._stack.push_async_callback(store.close)
+            self._store = store
             if config.database.migrate_on_start:
                 change = await store.create_schema()
                 for step in change.steps:
@@ -117,6 +128,7 @@ class Service:
                 database=config.athena.database,
                 workgroup=config.athena.workgroup,
                 store_retry=timedelta(minutes=config.results.store_retry_minutes),
+                lease=self.lease,
             )
             launcher = Launcher(store, athena, machine, self.tasks)
             poller = Poller(
@@ -126,6 +138,7 @@ class Service:
                 launcher,
                 self.tasks,
                 config.poller.interval_seconds,
+                lease=self.lease,
                 max_calls=config.poller.max_concurrent_calls,
                 max_downloads=config.poller.max_concurrent_downloads,
             )
@@ -202,5 +215,10 @@ class Service:
             await self._server.close_all_connections()
         # Starts that requests in flight asked for.
         await self.tasks.wait()
+        if self._store is not None:
+            # Another process's next poll takes over every query this one held.
+            with contextlib.suppress(Exception):
+                released = await self._store.release(self.lease.holder)
+                logger.info("leases released", queries=released, holder=self.lease.holder)
         await self._stack.aclose()
         logger.info("stopped", duration_ms=round((time.monotonic() - started) * 1000, 1))

@@ -101,6 +101,9 @@ class PollerConfig:
     # Athena calls a tick makes at once, and results stored at once.
     max_concurrent_calls: int = 10
     max_concurrent_downloads: int = 4
+    # How long a process's hold on the queries it polls lasts without renewal (each tick
+    # renews it): after that, another process takes over the queries of one that died.
+    lease_seconds: float = 30.0
 
 
 AUTH_MODES = ("none", "api_keys")
@@ -310,6 +313,19 @@ class PollerSchema(_Section):
     max_concurrent_downloads = fields.Integer(
         strict=True, load_default=4, validate=validate.Range(min=1, max=64)
     )
+    lease_seconds = fields.Float(
+        load_default=PollerConfig.lease_seconds, validate=validate.Range(min=0.1, max=3600)
+    )
+
+    @validates_schema
+    def lease_outlasts_ticks(self, data: dict[str, Any], **_: Any) -> None:
+        # A lease that ended between two ticks of a live process would let another take
+        # its queries over while it still polls them.
+        interval = data.get("interval_seconds")
+        if interval is not None and data["lease_seconds"] < 3 * interval:
+            raise ValidationError(
+                "must be at least 3 times poller.interval_seconds", "lease_seconds"
+            )
 
     loads_into = PollerConfig
 

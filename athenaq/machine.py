@@ -32,7 +32,7 @@ from athenaq.ingest import Ingest
 from athenaq.lookup import Lookup
 from athenaq.policy import Policy
 from athenaq.results import ResultFiles
-from athenaq.states import EXECUTION_FIELDS, Event, QueryRecord, QueryState, next_state
+from athenaq.states import EXECUTION_FIELDS, Event, Lease, QueryRecord, QueryState, next_state
 from athenaq.store import Store
 from athenaq.store.keys import RunningLimitReached
 from athenaq.tasks import KeyedLock
@@ -64,8 +64,11 @@ class Machine:
         database: str,
         workgroup: str,
         store_retry: timedelta,
+        lease: Lease,
     ) -> None:
         self.store = store
+        # This process's: a query it submits or refreshes is its own to start and poll.
+        self.lease = lease
         self.policy = policy
         self.athena = athena
         self.results = results
@@ -135,6 +138,8 @@ class Machine:
                 reason="submitted",
                 owner=caller.name,
                 running_limit=caller.max_running,
+                lease_holder=self.lease.holder,
+                lease_expires_at=self.lease.expires(utcnow()),
             )
         except RunningLimitReached as exc:
             raise _too_many(exc) from None
@@ -159,7 +164,12 @@ class Machine:
             await self.policy.admit(
                 caller, current.query_text, current.database_name, current.workgroup
             )
-            changes = {**dict.fromkeys(EXECUTION_FIELDS), "run": current.run + 1}
+            changes = {
+                **dict.fromkeys(EXECUTION_FIELDS),
+                "run": current.run + 1,
+                "lease_holder": self.lease.holder,
+                "lease_expires_at": self.lease.expires(utcnow()),
+            }
             refreshed = await self.apply(
                 current,
                 Event.REFRESH,

@@ -1,11 +1,13 @@
-"""The poller: feeds Athena's view of every unfinished query into the machine.
+"""The poller: feeds Athena's view of the unfinished queries this process holds into the
+machine.
 
-Each tick reads the unfinished queries from the store (so a restarted or a
-second process picks up every one of them), sends the ones not yet sent, asks
-Athena about the rest in batches of 50, and hands each observation to the
-machine. Result downloads run as their own tasks, so a large result never delays
-the polling of the other queries. Results that could not be written (a full disk) are
-tried again after one interval, then after twice as long each time, up to a minute.
+Each tick renews this process's leases and claims the unfinished queries nobody holds
+(new, released by a process that stopped, or expired with one that died), so each query
+is polled, and its results stored, by one process at a time. It sends the ones not yet
+sent, asks Athena about the rest in batches of 50, and hands each observation to the
+machine. Result downloads run as their own tasks, so a large result never delays the
+polling of the other queries. Results that could not be written (a full disk) are tried
+again after one interval, then after twice as long each time, up to a minute.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tornado.ioloop import PeriodicCallback
 from athenaq.athena import BATCH_LIMIT, Athena, AthenaCallError, Execution
 from athenaq.launcher import Launcher
 from athenaq.machine import Machine
-from athenaq.states import QueryRecord
+from athenaq.states import Lease, QueryRecord
 from athenaq.store import Store
 from athenaq.tasks import TaskRegistry
 
@@ -52,6 +54,7 @@ class Poller:
         tasks: TaskRegistry,
         interval_seconds: float,
         *,
+        lease: Lease,
         max_calls: int = 10,
         max_downloads: int = 4,
     ) -> None:
@@ -61,6 +64,7 @@ class Poller:
         self.launcher = launcher
         self.tasks = tasks
         self.interval_seconds = interval_seconds
+        self.lease = lease
         self._calls = asyncio.Semaphore(max_calls)
         self._download_slots = asyncio.Semaphore(max_downloads)
         self._callback: PeriodicCallback | None = None
@@ -115,7 +119,7 @@ class Poller:
 
     async def _round(self, started: float) -> None:
         try:
-            records = await self.store.unfinished()
+            records = await self.store.claim(self.lease.holder, self.lease.seconds)
         except Exception:
             logger.exception("poller could not read the store")
             return
@@ -139,7 +143,7 @@ class Poller:
             )
         logger.debug(
             "poll tick",
-            unfinished=len(records),
+            held=len(records),
             asked_athena=len(watched),
             downloads=self.tasks.count(DOWNLOAD),
             duration_ms=round((time.monotonic() - started) * 1000, 1),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 
@@ -111,6 +111,9 @@ class QueryRecord:
     updated_at: datetime
     # The name of the key that submitted it ("anonymous" when keys are off).
     owner: str
+    # The process that polls it and stores its results, and until when; None: nobody.
+    lease_holder: str | None
+    lease_expires_at: datetime | None
 
     @property
     def is_finished(self) -> bool:
@@ -132,6 +135,23 @@ EXECUTION_FIELDS = (
     "queue_ms",
     "total_execution_ms",
 )
+
+
+# The fields of a lease: a submit, a refresh or the poller's claim sets them, and they
+# move no state (a claim changes no version).
+LEASE_FIELDS = ("lease_holder", "lease_expires_at")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A process's hold on the queries it polls: its name, and how long a hold lasts
+    without renewal (after that, another process takes the query over)."""
+
+    holder: str
+    seconds: float
+
+    def expires(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.seconds)
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,8 @@ class _Scripted:
     forced_at: float = 0.0
     forced_reason: str | None = None
     stop_calls: int = 0
+    # GetQueryExecution answers given for it, alone or in a batch.
+    status_reads: int = 0
 
     def seconds(self, key: str) -> float:
         return float(self.script.get(key, 0)) / 1000
@@ -234,6 +236,7 @@ class ScriptedEngine(Engine):
             return {
                 "state": e.state(time.monotonic()).value,
                 "stop_calls": e.stop_calls,
+                "status_reads": e.status_reads,
                 "sql": e.sql,
             }
 
@@ -335,7 +338,9 @@ class ScriptedEngine(Engine):
 
     def get(self, query_id: str) -> Execution:
         with self._lock:
-            return self._get(query_id).snapshot(time.monotonic())
+            e = self._get(query_id)
+            e.status_reads += 1
+            return e.snapshot(time.monotonic())
 
     def stop(self, query_id: str) -> None:
         with self._lock:

@@ -190,7 +190,12 @@ async def test_stop_held_and_finished(endpoint: AthenaDouble) -> None:
         assert (await status(client, held))["State"] == "CANCELLED"
         assert (await status(client, done))["State"] == "SUCCEEDED"
     assert endpoint.execution(held)["stop_calls"] == 1
-    assert endpoint.execution(done) == {"state": "SUCCEEDED", "stop_calls": 1, "sql": "SELECT 1"}
+    assert endpoint.execution(done) == {
+        "state": "SUCCEEDED",
+        "stop_calls": 1,
+        "sql": "SELECT 1",
+        "status_reads": 2,  # one by wait_for_state, one after the stop
+    }
 
 
 async def test_fail_directive(endpoint: AthenaDouble) -> None:

@@ -98,6 +98,14 @@ def test_a_bad_auth_or_sql_key_is_named(section: str, value: Any, message: str) 
     assert str(raised.value).startswith(message)
 
 
+def test_a_lease_shorter_than_three_ticks_is_refused() -> None:
+    document = config_with("poller.lease_seconds", 2.9)
+    with pytest.raises(ConfigError, match=r"^poller.lease_seconds: must be at least 3 times"):
+        parse_config(document)  # interval_seconds is 1.0
+    assert parse_config(config_with("poller.lease_seconds", 3.0)).poller.lease_seconds == 3.0
+    assert parse_config(V1_CONFIG).poller.lease_seconds == 30.0
+
+
 def test_the_optional_keys_are_read() -> None:
     config = parse_config(config_with("poller.max_concurrent_downloads", 2))
     assert config.poller.max_concurrent_downloads == 2

@@ -10,7 +10,7 @@ import pytest
 from marshmallow import Schema, fields, post_dump
 
 from athenaq.schemas import STATUS, DumpPlan, StatusSchema
-from athenaq.states import EXECUTION_FIELDS, QueryRecord, QueryState
+from athenaq.states import EXECUTION_FIELDS, LEASE_FIELDS, QueryRecord, QueryState
 
 AT = datetime(2024, 1, 1, 12, 0, 0, 123456)
 QUEUED = QueryRecord(
@@ -25,7 +25,7 @@ QUEUED = QueryRecord(
     version=0,
     updated_at=AT,
     owner="alice",
-    **dict.fromkeys(EXECUTION_FIELDS),
+    **dict.fromkeys((*EXECUTION_FIELDS, *LEASE_FIELDS)),
 )
 SUCCEEDED = dataclasses.replace(
     QUEUED,

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Connection,
     Executable,
     RowMapping,
     bindparam,
@@ -29,7 +30,14 @@ from sqlalchemy.util import greenlet_spawn
 
 from athenaq.clock import utcnow
 from athenaq.identity import ApiKey, Caller
-from athenaq.states import EXECUTION_FIELDS, QueryRecord, QueryState, Transition
+from athenaq.states import (
+    EXECUTION_FIELDS,
+    LEASE_FIELDS,
+    UNFINISHED,
+    QueryRecord,
+    QueryState,
+    Transition,
+)
 from athenaq.store import keys, schema
 from athenaq.store.database import open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
@@ -38,7 +46,9 @@ from athenaq.store.tables import queries, query_transitions
 
 T = TypeVar("T")
 # Columns a transition or an update may set; anything else is a programming error.
-MUTABLE_COLUMNS = frozenset({"state_reason", "run", *EXECUTION_FIELDS})
+MUTABLE_COLUMNS = frozenset({"state_reason", "run", *EXECUTION_FIELDS, *LEASE_FIELDS})
+# Ids per statement of a claim: well under SQLite's limit of bound values.
+CLAIM_CHUNK = 500
 
 _GET = select(queries).where(queries.c.id == bindparam("id"))
 _UNFINISHED = (
@@ -57,6 +67,35 @@ _HISTORY = (
     )
     .where(query_transitions.c.query_id == bindparam("query_id"))
     .order_by(query_transitions.c.seq)
+)
+_UNFINISHED_STATES = [state.value for state in UNFINISHED]
+# A claim reads, then takes each row by its primary key: a range scan that locked rows
+# (an UPDATE over the state index) would deadlock with the compare-and-sets of requests.
+_CLAIMABLE = (
+    queries.c.state.in_(_UNFINISHED_STATES),
+    queries.c.lease_holder.is_(None)
+    | (queries.c.lease_holder == bindparam("me"))
+    | (queries.c.lease_expires_at < bindparam("now")),
+)
+_CLAIMABLE_IDS = select(queries.c.id).where(*_CLAIMABLE)
+_TAKE = (
+    update(queries)
+    .where(queries.c.id.in_(bindparam("ids", expanding=True)), *_CLAIMABLE)
+    .values(lease_holder=bindparam("me"), lease_expires_at=bindparam("until"))
+)
+_HELD = (
+    select(queries)
+    .where(
+        queries.c.id.in_(bindparam("ids", expanding=True)),
+        queries.c.lease_holder == bindparam("me"),
+        queries.c.state.in_(_UNFINISHED_STATES),
+    )
+    .order_by(queries.c.submitted_at)
+)
+_RELEASE = (
+    update(queries)
+    .where(queries.c.lease_holder == bindparam("me"))
+    .values(lease_holder=None, lease_expires_at=None)
 )
 _INSERT_QUERY = insert(queries)
 _INSERT_TRANSITION = insert(query_transitions)
@@ -90,6 +129,10 @@ async def _compare_and_set(
         "expected_version": current.version,
     }
     return await conn.execute(_COMPARE_AND_SET, params) == 1
+
+
+def _execute_count(conn: Connection, statement: Executable, params: dict[str, Any]) -> int:
+    return conn.execute(statement, params).rowcount
 
 
 def _check_columns(changes: dict[str, Any]) -> None:
@@ -149,8 +192,11 @@ class Store:
         *,
         owner: str,
         running_limit: int | None = None,
+        lease_holder: str | None = None,
+        lease_expires_at: datetime | None = None,
     ) -> QueryRecord:
-        """Store a new QUEUED query and the first row of its history, atomically.
+        """Store a new QUEUED query and the first row of its history, atomically; leased
+        to `lease_holder` (the process that takes the submit) when given.
 
         With `running_limit`, raise keys.RunningLimitReached instead when the owner has
         that many unfinished queries: counted in the same transaction, so processes
@@ -168,6 +214,8 @@ class Store:
             version=0,
             updated_at=now,
             owner=owner,
+            lease_holder=lease_holder,
+            lease_expires_at=lease_expires_at,
             **dict.fromkeys(EXECUTION_FIELDS),  # no execution yet
         )
         async with self._driver.transaction() as conn:
@@ -186,6 +234,8 @@ class Store:
                     "version": record.version,
                     "updated_at": record.updated_at,
                     "owner": record.owner,
+                    "lease_holder": record.lease_holder,
+                    "lease_expires_at": record.lease_expires_at,
                 },
             )
             await conn.execute(
@@ -211,6 +261,32 @@ class Store:
         """Every QUEUED or RUNNING query, oldest first: what the poller must drive."""
         rows = await greenlet_spawn(self._all, _UNFINISHED, {})
         return [_record(row) for row in rows]
+
+    async def claim(self, holder: str, lease_seconds: float) -> list[QueryRecord]:
+        """Renew `holder`'s leases and claim the unfinished queries nobody holds (or whose
+        lease expired), for `lease_seconds` from now; returns every unfinished query it
+        holds, oldest first: what its poller drives. A claim changes no version, so it
+        never makes a compare-and-set lose; a row another process took meanwhile is
+        left to it (the update's condition is checked again on each row)."""
+        now = utcnow()
+        params = {"me": holder, "now": now, "until": now + timedelta(seconds=lease_seconds)}
+        rows = await greenlet_spawn(self._claim, params)
+        return sorted((_record(row) for row in rows), key=lambda record: record.submitted_at)
+
+    def _claim(self, params: dict[str, Any]) -> list[RowMapping]:
+        held: list[RowMapping] = []
+        with self._sync.connect() as conn:
+            ids = list(conn.execute(_CLAIMABLE_IDS, params).scalars())
+            for start in range(0, len(ids), CLAIM_CHUNK):
+                chunk = {**params, "ids": ids[start : start + CLAIM_CHUNK]}
+                conn.execute(_TAKE, chunk)
+                held.extend(conn.execute(_HELD, chunk).mappings())
+        return held
+
+    async def release(self, holder: str) -> int:
+        """End every lease of `holder` (a stopping process): another process's next poll
+        claims them. Returns how many were held."""
+        return await greenlet_spawn(self._on_connection, _execute_count, _RELEASE, {"me": holder})
 
     def _all(self, statement: Executable, params: dict[str, Any]) -> Sequence[RowMapping]:
         with self._sync.connect() as conn:

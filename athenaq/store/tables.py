@@ -91,6 +91,10 @@ queries = Table(
     # The key's name that submitted it; "anonymous" when keys are off (and for every query
     # of the releases before keys).
     Column("owner", sqlite_text(String(64)), nullable=False, server_default=text("'anonymous'")),
+    # The process that polls it and stores its results, until the lease expires
+    # (poller.lease_seconds after its last renewal); null: nobody, any process may claim it.
+    Column("lease_holder", sqlite_text(String(128))),
+    Column("lease_expires_at", Timestamp()),
     Index("queries_state", "state"),
     # An owner's unfinished queries are counted at each submit (max_running).
     Index("queries_owner_state", "owner", "state"),

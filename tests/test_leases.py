@@ -1,0 +1,154 @@
+"""Leases: with several processes on one database, each unfinished query is polled, and
+its results stored, by one process at a time; a process that stops hands its queries
+over at once, and one that dies loses them after `poller.lease_seconds`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from athenaq.app import Service
+from athenaq.config import Config
+from athenaq.store import Store
+from tests.athena_double import AthenaDouble
+from tests.conftest import Client, config_with, free_port, make_config, wait_for
+
+StartService = Callable[..., Awaitable[Service]]
+INTERVAL = 0.05
+QUERIES = 60
+
+
+def leased(config: Config, lease_seconds: float = 5.0) -> Config:
+    return dataclasses.replace(
+        config, poller=dataclasses.replace(config.poller, lease_seconds=lease_seconds)
+    )
+
+
+async def run_workload(clients: list[Client], double: AthenaDouble) -> list[dict[str, object]]:
+    """QUERIES queries of the same life, submitted round robin, all to SUCCEEDED; the
+    engine's view of each execution."""
+    sql = 'SELECT {n} -- double: {{"queue_ms": 100, "run_ms": 800}}'
+    ids = await asyncio.gather(
+        *(clients[n % len(clients)].submit(sql.format(n=n)) for n in range(QUERIES))
+    )
+    done = await asyncio.gather(*(clients[0].wait_state(i, "SUCCEEDED") for i in ids))
+    return [double.execution(str(status["athena_query_execution_id"])) for status in done]
+
+
+async def test_three_processes_poll_and_download_each_query_once(
+    db_url: str, double: AthenaDouble, tmp_path: Path, start_service: StartService
+) -> None:
+    config = leased(make_config(db_url, double.url, tmp_path / "one", interval_seconds=INTERVAL))
+    alone = await start_service(config)
+    baseline = await run_workload([Client(alone.url)], double)
+    await alone.stop()
+    double.reset()
+
+    fleet = [
+        await start_service(dataclasses.replace(config, results=dataclasses.replace(
+            config.results, dir=str(tmp_path / "fleet")
+        )))
+        for _ in range(3)
+    ]  # fmt: skip
+    executions = await run_workload([Client(s.url) for s in fleet], double)
+
+    calls = double.calls()
+    # One start per query, one download per query (the result object read once).
+    assert calls["StartQueryExecution"] == QUERIES
+    assert calls["GetObject"] == QUERIES
+    # Each execution is asked about as often as one process asks, not three times.
+    alone_reads = statistics.mean(int(e["status_reads"]) for e in baseline)  # type: ignore[call-overload]
+    fleet_reads = statistics.mean(int(e["status_reads"]) for e in executions)  # type: ignore[call-overload]
+    assert fleet_reads <= 1.1 * alone_reads + 1, (fleet_reads, alone_reads)
+
+
+async def test_a_stopping_process_hands_its_queries_over_at_once(
+    db_url: str, double: AthenaDouble, tmp_path: Path, start_service: StartService
+) -> None:
+    # Leases far longer than the test: only the release can hand the query over.
+    config = leased(make_config(db_url, double.url, tmp_path, interval_seconds=INTERVAL), 3600)
+    first, second = await start_service(config), await start_service(config)
+    query_id = await Client(first.url).submit('SELECT 1 -- double: {"hold": true}')
+    running = await Client(first.url).wait_state(query_id, "RUNNING")
+    store = await Store.connect(db_url, maxsize=1)
+    try:
+        assert (await store.get(query_id)).lease_holder == first.lease.holder  # type: ignore[union-attr]
+        await first.stop()
+        assert (await store.get(query_id)).lease_holder is None  # type: ignore[union-attr]
+
+        async def taken() -> bool:
+            record = await store.get(query_id)
+            return record is not None and record.lease_holder == second.lease.holder
+
+        await wait_for(taken, timeout=5, what="the second process to claim the query")
+    finally:
+        await store.close()
+    double.release(str(running["athena_query_execution_id"]))
+    await Client(second.url).wait_state(query_id, "SUCCEEDED")
+    assert double.calls()["GetObject"] == 1
+
+
+async def test_the_queries_of_a_process_killed_are_taken_over_after_the_lease(
+    db_url: str, double: AthenaDouble, tmp_path: Path, start_service: StartService
+) -> None:
+    lease_seconds = 1.0
+    port = free_port()
+    document = config_with("server.port", port)
+    document["database"]["url"] = db_url
+    document["athena"]["endpoint_url"] = double.url
+    document["s3"]["endpoint_url"] = double.url
+    document["results"]["dir"] = str(tmp_path / "results")
+    document["poller"].update(interval_seconds=INTERVAL, lease_seconds=lease_seconds)
+    (tmp_path / "config.json").write_text(json.dumps(document))
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "athenaq", "serve", "--config", "config.json"],
+        cwd=tmp_path,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = Client(f"http://127.0.0.1:{port}")
+
+        async def serving() -> bool:
+            with contextlib.suppress(OSError):
+                return (await client.request("GET", "/health")).code == 200
+            return False
+
+        await wait_for(serving, timeout=60, what="the first process to answer")
+        held = [await client.submit(f'SELECT {n} -- double: {{"hold": true}}') for n in range(5)]
+        running = [await client.wait_state(i, "RUNNING") for i in held]
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=30)
+    # Nobody polls them now; a process that starts takes them once their leases end.
+    killed_at = time.monotonic()
+    heir = await start_service(
+        leased(make_config(db_url, double.url, tmp_path / "results", interval_seconds=INTERVAL),
+               lease_seconds)
+    )  # fmt: skip
+    store = await Store.connect(db_url, maxsize=1)
+    try:
+
+        async def all_taken() -> bool:
+            records = [await store.get(i) for i in held]
+            return all(r is not None and r.lease_holder == heir.lease.holder for r in records)
+
+        await wait_for(all_taken, timeout=10, what="the heir to take every query over")
+        assert time.monotonic() - killed_at <= lease_seconds + 10 * INTERVAL + 1.0
+    finally:
+        await store.close()
+    for status in running:
+        double.release(str(status["athena_query_execution_id"]))
+    client = Client(heir.url)
+    for query_id in held:
+        await client.wait_state(query_id, "SUCCEEDED")
+    # One execution per query: the heir polled the executions it found, started none.
+    assert double.calls()["StartQueryExecution"] == len(held)

@@ -41,6 +41,9 @@ class Server:
         config["s3"]["endpoint_url"] = endpoint
         config["results"]["dir"] = str(results)
         config["poller"]["interval_seconds"] = 0.05
+        # The killed process's lease on the query ends soon after it: the next one takes
+        # the query over then.
+        config["poller"]["lease_seconds"] = 1.0
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
         self.log_path = tmp_path / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")

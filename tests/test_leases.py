@@ -83,7 +83,8 @@ async def test_a_stopping_process_hands_its_queries_over_at_once(
     try:
         assert (await store.get(query_id)).lease_holder == first.lease.holder  # type: ignore[union-attr]
         await first.stop()
-        assert (await store.get(query_id)).lease_holder is None  # type: ignore[union-attr]
+        # Released: nobody holds it, or the second process claimed it already.
+        assert (await store.get(query_id)).lease_holder != first.lease.holder  # type: ignore[union-attr]
 
         async def taken() -> bool:
             record = await store.get(query_id)
@@ -127,7 +128,7 @@ async def test_the_queries_of_a_process_killed_are_taken_over_after_the_lease(
         running = [await client.wait_state(i, "RUNNING") for i in held]
     finally:
         doomed.send_signal(signal.SIGKILL)
-        doomed.wait(timeout=30)
+        await asyncio.to_thread(doomed.wait, 30)
     # Nobody polls them now; a process that starts takes them once their leases end.
     killed_at = time.monotonic()
     heir = await start_service(
@@ -142,7 +143,8 @@ async def test_the_queries_of_a_process_killed_are_taken_over_after_the_lease(
             return all(r is not None and r.lease_holder == heir.lease.holder for r in records)
 
         await wait_for(all_taken, timeout=10, what="the heir to take every query over")
-        assert time.monotonic() - killed_at <= lease_seconds + 10 * INTERVAL + 1.0
+        # After the lease, not after the 30 s default: ticks of a loaded machine are slow.
+        assert time.monotonic() - killed_at <= lease_seconds + 4.0
     finally:
         await store.close()
     for status in running:

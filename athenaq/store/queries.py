@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Connection,
     Executable,
     RowMapping,
     bindparam,
@@ -92,9 +91,14 @@ _HELD = (
     )
     .order_by(queries.c.submitted_at)
 )
+_HELD_IDS = select(queries.c.id).where(queries.c.lease_holder == bindparam("me"))
+# By primary key, as a claim: never a lock on rows of other holders.
 _RELEASE = (
     update(queries)
-    .where(queries.c.lease_holder == bindparam("me"))
+    .where(
+        queries.c.id.in_(bindparam("ids", expanding=True)),
+        queries.c.lease_holder == bindparam("me"),
+    )
     .values(lease_holder=None, lease_expires_at=None)
 )
 _INSERT_QUERY = insert(queries)
@@ -129,10 +133,6 @@ async def _compare_and_set(
         "expected_version": current.version,
     }
     return await conn.execute(_COMPARE_AND_SET, params) == 1
-
-
-def _execute_count(conn: Connection, statement: Executable, params: dict[str, Any]) -> int:
-    return conn.execute(statement, params).rowcount
 
 
 def _check_columns(changes: dict[str, Any]) -> None:
@@ -286,7 +286,16 @@ class Store:
     async def release(self, holder: str) -> int:
         """End every lease of `holder` (a stopping process): another process's next poll
         claims them. Returns how many were held."""
-        return await greenlet_spawn(self._on_connection, _execute_count, _RELEASE, {"me": holder})
+        return await greenlet_spawn(self._release, holder)
+
+    def _release(self, holder: str) -> int:
+        released = 0
+        with self._sync.connect() as conn:
+            ids = list(conn.execute(_HELD_IDS, {"me": holder}).scalars())
+            for start in range(0, len(ids), CLAIM_CHUNK):
+                chunk = {"me": holder, "ids": ids[start : start + CLAIM_CHUNK]}
+                released += conn.execute(_RELEASE, chunk).rowcount
+        return released
 
     def _all(self, statement: Executable, params: dict[str, Any]) -> Sequence[RowMapping]:
         with self._sync.connect() as conn:

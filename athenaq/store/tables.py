@@ -98,6 +98,8 @@ queries = Table(
     Index("queries_state", "state"),
     # An owner's unfinished queries are counted at each submit (max_running).
     Index("queries_owner_state", "owner", "state"),
+    # A stopping process finds the queries it holds.
+    Index("queries_lease_holder", "lease_holder"),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )

@@ -26,9 +26,11 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("lease_expires_at", mysql.DATETIME(fsp=6).with_variant(sa.Text(), "sqlite"))
         )
+        batch.create_index("queries_lease_holder", ["lease_holder"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("queries") as batch:
+        batch.drop_index("queries_lease_holder")
         batch.drop_column("lease_expires_at")
         batch.drop_column("lease_holder")

@@ -313,19 +313,24 @@ class PollerSchema(_Section):
     max_concurrent_downloads = fields.Integer(
         strict=True, load_default=4, validate=validate.Range(min=1, max=64)
     )
-    lease_seconds = fields.Float(
-        load_default=PollerConfig.lease_seconds, validate=validate.Range(min=0.1, max=3600)
-    )
+    # Not given: 30 s, or 3 intervals when that is longer.
+    lease_seconds = fields.Float(validate=validate.Range(min=0.1, max=3 * 3600))
 
     @validates_schema
     def lease_outlasts_ticks(self, data: dict[str, Any], **_: Any) -> None:
         # A lease that ended between two ticks of a live process would let another take
         # its queries over while it still polls them.
-        interval = data.get("interval_seconds")
-        if interval is not None and data["lease_seconds"] < 3 * interval:
+        interval, lease = data.get("interval_seconds"), data.get("lease_seconds")
+        if interval is not None and lease is not None and lease < 3 * interval:
             raise ValidationError(
                 "must be at least 3 times poller.interval_seconds", "lease_seconds"
             )
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Any:
+        if "lease_seconds" not in data:
+            data["lease_seconds"] = max(PollerConfig.lease_seconds, 3 * data["interval_seconds"])
+        return self.loads_into(**data)
 
     loads_into = PollerConfig
 

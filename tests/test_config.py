@@ -104,6 +104,8 @@ def test_a_lease_shorter_than_three_ticks_is_refused() -> None:
         parse_config(document)  # interval_seconds is 1.0
     assert parse_config(config_with("poller.lease_seconds", 3.0)).poller.lease_seconds == 3.0
     assert parse_config(V1_CONFIG).poller.lease_seconds == 30.0
+    # Not given: three intervals when that is longer than 30 s.
+    assert parse_config(config_with("poller.interval_seconds", 60)).poller.lease_seconds == 180
 
 
 def test_the_optional_keys_are_read() -> None:

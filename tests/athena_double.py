@@ -14,7 +14,10 @@ long a stop takes to be confirmed), s3 ("denied", "missing" or "malformed": how 
 GetObject answers for the result object), s3_stall_after (N bytes: S3 GetObject sends
 the first N bytes of the result object, then holds the rest, and the end of the body,
 until the test calls `AthenaDouble.release_s3(execution_id)`; from then on the object is
-served whole; the double stopping lets a held object go too). A cell of `rows` may be
+served whole; the double stopping lets a held object go too), start_stall_ms (the
+StartQueryExecution answer that made the execution is held that long after the
+execution exists: what a process killed, or a network cut, between the start reaching
+Athena and its answer looks like; a repeated token is answered at once). A cell of `rows` may be
 `{"repeat": "text", "times": N}`, for values too large to put in the SQL.
 
 The result object `<OutputLocation><QueryExecutionId>.csv` of a SUCCEEDED query is in
@@ -97,6 +100,7 @@ class _Scripted:
     workgroup: str
     bucket: str  # of the result object
     key: str
+    token: str | None  # the ClientRequestToken that made it
     submitted: float  # wall clock, for the timestamps clients see
     started: float  # monotonic, for the scripted timeline
     forced: State | None = None  # a state set by stop/release, overriding the timeline
@@ -216,6 +220,7 @@ class ScriptedEngine(Engine):
         self._lock = threading.Lock()
         self._executions: dict[str, _Scripted] = {}  # insertion order = start order
         self._tokens: dict[str, str] = {}  # ClientRequestToken -> QueryExecutionId
+        self._stalling: set[str] = set()  # executions whose start answer start_stall_ms holds
         self._throttled: dict[str, int] = {}  # SQL text -> start_throttle answers given
         self._calls: dict[str, int] = {}
         self._s3_released: set[str] = set()  # executions whose s3_stall_after was released
@@ -239,6 +244,11 @@ class ScriptedEngine(Engine):
                 "status_reads": e.status_reads,
                 "sql": e.sql,
             }
+
+    def executions(self) -> dict[str, str | None]:
+        """Every execution's id and the ClientRequestToken that made it, in start order."""
+        with self._lock:
+            return {e.id: e.token for e in self._executions.values()}
 
     def release(
         self, execution_id: str, state: str = "SUCCEEDED", reason: str | None = None
@@ -276,6 +286,7 @@ class ScriptedEngine(Engine):
         with self._lock:
             for table in (self._executions, self._tokens, self._throttled, self._calls):
                 table.clear()
+            self._stalling.clear()
             self._s3_released.clear()
             self._s3_held.clear()
 
@@ -330,11 +341,21 @@ class ScriptedEngine(Engine):
             bucket, key = result_location(output_location or DEFAULT_OUTPUT, query_id)
             self._executions[query_id] = _Scripted(
                 query_id, len(self._executions), sql, script, database, catalog, workgroup,
-                bucket, key, submitted=time.time(), started=now,
+                bucket, key, token, submitted=time.time(), started=now,
             )  # fmt: skip
             if token is not None:
                 self._tokens[token] = query_id
+            if "start_stall_ms" in script:
+                self._stalling.add(query_id)
             return query_id
+
+    async def started(self, query_id: str) -> None:
+        with self._lock:
+            stalled = query_id in self._stalling
+            self._stalling.discard(query_id)
+            pause = self._executions[query_id].seconds("start_stall_ms") if stalled else 0.0
+        if pause:
+            await asyncio.sleep(pause)
 
     def get(self, query_id: str) -> Execution:
         with self._lock:
@@ -430,6 +451,7 @@ class AthenaDouble:
         )
         # The engine's test side, callable from any thread.
         self.calls, self.execution, self.reset = engine.calls, engine.execution, engine.reset
+        self.executions = engine.executions
         self.release, self.release_s3, self.s3_held = (
             engine.release,
             engine.release_s3,

@@ -255,6 +255,25 @@ async def test_client_request_token_is_idempotent(endpoint: AthenaDouble) -> Non
     assert sorted(listed) == sorted([first, other])
 
 
+async def test_start_stall_holds_the_answer_of_the_start_that_made_the_execution(
+    endpoint: AthenaDouble,
+) -> None:
+    token = "s" * 40
+    sql = 'SELECT 1 -- double: {"start_stall_ms": 60000}'
+    async with athena(endpoint.url) as client:
+        held = asyncio.ensure_future(start(client, sql, ClientRequestToken=token))
+
+        async def made() -> bool:
+            return len(endpoint.executions()) == 1
+
+        await wait_for(made, what="the stalled start to make its execution")
+        assert not held.done()
+        # The same token again (a takeover's start) is answered at once, with it.
+        again = await start(client, sql, ClientRequestToken=token)
+        held.cancel()
+    assert endpoint.executions() == {again: token}
+
+
 async def test_release_calls_and_reset(endpoint: AthenaDouble) -> None:
     async with athena(endpoint.url) as client:
         held = await start(client, 'SELECT 1 -- double: {"queue_ms": 20, "hold": true}')

@@ -304,6 +304,9 @@ async def test_client_request_token_is_idempotent(athena: Any) -> None:
     assert await start(athena, "SELECT 1", ClientRequestToken=token) == first
     other = await start(athena, "SELECT 1")  # botocore makes a fresh token
     assert other != first
+    # The repeated token ran nothing: the engine holds two queries, not three.
+    listed = (await athena.list_query_executions())["QueryExecutionIds"]
+    assert sorted(listed) == sorted([first, other])
     with pytest.raises(athena.exceptions.InvalidRequestException):
         await start(athena, "SELECT 2", ClientRequestToken=token)
     for query_id in (first, other):  # nothing left running (and logging) after the test

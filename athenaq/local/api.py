@@ -93,6 +93,7 @@ class AthenaApi:
             output_location=_string(result, "OutputLocation", 1, 1024),
             token=_string(body, "ClientRequestToken", 32, 128),
         )
+        await self.engine.started(query_id)
         return {"QueryExecutionId": query_id}
 
     async def get_query_execution(self, body: Json) -> Json:

@@ -155,6 +155,10 @@ class Engine(ABC):
         """Called before each request is served: `operation` is an Athena operation's
         name, GetObject or HeadObject. A scripted engine may delay or refuse here."""
 
+    async def started(self, query_id: str) -> None:  # noqa: B027
+        """Called after a start made (or found again) `query_id`, before it is answered:
+        a scripted engine may hold the answer here, as a network may lose it."""
+
     @abstractmethod
     async def close(self) -> None:
         """Stop: cancel or let go of what is left."""

@@ -199,26 +199,36 @@ class Service:
         )
 
     async def stop(self) -> None:
-        """Stop polling and accepting, let work in flight finish, close the store and clients."""
+        """Stop accepting and polling, hand the queries held over at once, let downloads
+        in flight (the poller's and clients') finish for up to `server.drain_seconds`, then
+        cut the rest; close the store and clients."""
         if self.poller is None:
             return
         started = time.monotonic()
-        await self.poller.stop()
-        self.poller = None
+        drain = self.config.server.drain_seconds
         if self._server is not None:
             self._server.stop()
-            if self._ctx is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._ctx.in_flight.idle(), self.config.server.drain_seconds
-                    )
-            await self._server.close_all_connections()
+        requests = asyncio.ensure_future(self._drain_requests(drain))
+        await self.poller.stop(drain)
+        self.poller = None
+        await requests
         # Starts that requests in flight asked for.
         await self.tasks.wait()
         if self._store is not None:
-            # Another process's next poll takes over every query this one held.
+            # What the poller kept while storing it, and what requests in flight submitted:
+            # another process's next poll takes it over.
             with contextlib.suppress(Exception):
                 released = await self._store.release(self.lease.holder)
                 logger.info("leases released", queries=released, holder=self.lease.holder)
         await self._stack.aclose()
         logger.info("stopped", duration_ms=round((time.monotonic() - started) * 1000, 1))
+
+    async def _drain_requests(self, seconds: float) -> None:
+        """Wait up to `seconds` for the requests in flight, then close the connections
+        left (a download cut then is logged as the shutdown's doing)."""
+        if self._server is None or self._ctx is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ctx.in_flight.idle(), seconds)
+        self._ctx.cutting.set()
+        await self._server.close_all_connections()

@@ -13,6 +13,7 @@ again after one interval, then after twice as long each time, up to a minute.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -91,15 +92,29 @@ class Poller:
         self._callback.start()
         self._run_tick()
 
-    async def stop(self) -> None:
-        """Stop ticking, wait for the tick and the starts in flight (an execution started but
-        not recorded would run untracked), cancel the downloads and wait for each to end (a
-        restart redoes them)."""
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop ticking, wait for the tick and the starts in flight (an execution started
+        but not recorded would run untracked), and hand over at once every query but those
+        whose results are being stored. Those downloads may finish for up to
+        `drain_seconds`; the ones left then are cancelled, each waited for to its end (the
+        query stays RUNNING for the process that takes it over to store)."""
         if self._callback is not None:
             self._callback.stop()
         if self._tick_task is not None:
             await asyncio.gather(self._tick_task, return_exceptions=True)
         await self.launcher.wait()
+        storing = self.tasks.keys(DOWNLOAD)
+        try:
+            released = await self.store.release(self.lease.holder, keep=storing)
+            logger.info("leases released", queries=released, storing=len(storing))
+        except Exception:
+            logger.exception("could not release the leases; they end by themselves")
+        if storing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(drain_seconds):
+                    await self.tasks.wait(DOWNLOAD)
+            if cut := self.tasks.keys(DOWNLOAD):
+                logger.warning("downloads cut by the shutdown", queries=len(cut))
         await self.tasks.cancel(DOWNLOAD)
 
     def _run_tick(self) -> None:

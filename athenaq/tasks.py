@@ -44,14 +44,19 @@ class TaskRegistry:
     def running(self, kind: str, key: str) -> bool:
         return (kind, key) in self._tasks
 
+    def keys(self, kind: str) -> list[str]:
+        """The keys that have a task of `kind` under way."""
+        return [key for task_kind, key in self._tasks if task_kind == kind]
+
     def count(self, kind: str | None = None) -> int:
         """How many tasks (of `kind`) are under way."""
         return sum(1 for name in self._tasks if kind is None or name[0] == kind)
 
     async def wait(self, kind: str | None = None) -> None:
-        """Wait until no task (of `kind`) is left, those started meanwhile included."""
+        """Wait until no task (of `kind`) is left, those started meanwhile included. A
+        wait cancelled (at a deadline) leaves the tasks running."""
         while pending := self._of(kind):
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.wait(pending)
 
     async def cancel(self, kind: str) -> None:
         """Cancel every task of `kind` and wait for each to end."""

@@ -170,7 +170,10 @@ class ResultsHandler(BaseHandler):
                     # Waits until the client took the chunk: memory stays flat however slow.
                     await self.flush()
         except StreamClosedError:
-            logger.info("download abandoned by the client", query_id=record.id)
+            if self.ctx.cutting.is_set():
+                logger.warning("download cut by the shutdown", query_id=record.id)
+            else:
+                logger.info("download abandoned by the client", query_id=record.id)
             return
         self.finish()
 

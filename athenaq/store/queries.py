@@ -12,7 +12,7 @@ between its synchronous core and asyncio).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -283,15 +283,16 @@ class Store:
                 held.extend(conn.execute(_HELD, chunk).mappings())
         return held
 
-    async def release(self, holder: str) -> int:
-        """End every lease of `holder` (a stopping process): another process's next poll
-        claims them. Returns how many were held."""
-        return await greenlet_spawn(self._release, holder)
+    async def release(self, holder: str, keep: Collection[str] = ()) -> int:
+        """End every lease of `holder` (a stopping process) but those of the queries in
+        `keep` (whose results it is still storing): another process's next poll claims
+        them. Returns how many were released."""
+        return await greenlet_spawn(self._release, holder, frozenset(keep))
 
-    def _release(self, holder: str) -> int:
+    def _release(self, holder: str, keep: frozenset[str]) -> int:
         released = 0
         with self._sync.connect() as conn:
-            ids = list(conn.execute(_HELD_IDS, {"me": holder}).scalars())
+            ids = [i for i in conn.execute(_HELD_IDS, {"me": holder}).scalars() if i not in keep]
             for start in range(0, len(ids), CLAIM_CHUNK):
                 chunk = {"me": holder, "ids": ids[start : start + CLAIM_CHUNK]}
                 released += conn.execute(_RELEASE, chunk).rowcount

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -33,42 +32,50 @@ def leased(config: Config, lease_seconds: float = 5.0) -> Config:
     )
 
 
-async def run_workload(clients: list[Client], double: AthenaDouble) -> list[dict[str, object]]:
-    """QUERIES queries of the same life, submitted round robin, all to SUCCEEDED; the
-    engine's view of each execution."""
-    sql = 'SELECT {n} -- double: {{"queue_ms": 100, "run_ms": 800}}'
-    ids = await asyncio.gather(
-        *(clients[n % len(clients)].submit(sql.format(n=n)) for n in range(QUERIES))
-    )
-    done = await asyncio.gather(*(clients[0].wait_state(i, "SUCCEEDED") for i in ids))
-    return [double.execution(str(status["athena_query_execution_id"])) for status in done]
-
-
 async def test_three_processes_poll_and_download_each_query_once(
     db_url: str, double: AthenaDouble, tmp_path: Path, start_service: StartService
 ) -> None:
-    config = leased(make_config(db_url, double.url, tmp_path / "one", interval_seconds=INTERVAL))
-    alone = await start_service(config)
-    baseline = await run_workload([Client(alone.url)], double)
-    await alone.stop()
-    double.reset()
+    config = leased(make_config(db_url, double.url, tmp_path, interval_seconds=INTERVAL))
+    fleet = [await start_service(config) for _ in range(3)]
+    clients = [Client(s.url) for s in fleet]
+    held = await asyncio.gather(
+        *(clients[n % 3].submit(f'SELECT {n} -- double: {{"hold": true}}') for n in range(QUERIES))
+    )
+    running = [await clients[0].wait_state(i, "RUNNING") for i in held]
+    executions = [str(status["athena_query_execution_id"]) for status in running]
+    store = await Store.connect(db_url, maxsize=1)
+    try:
+        holders = {i: (await store.get(i)).lease_holder for i in held}  # type: ignore[union-attr]
+        reads_before = [int(double.execution(e)["status_reads"]) for e in executions]
+        ticks_before = {s.lease.holder: s.poller.ticks for s in fleet}  # type: ignore[union-attr]
 
-    fleet = [
-        await start_service(dataclasses.replace(config, results=dataclasses.replace(
-            config.results, dir=str(tmp_path / "fleet")
-        )))
-        for _ in range(3)
-    ]  # fmt: skip
-    executions = await run_workload([Client(s.url) for s in fleet], double)
+        # Ten ticks of every process, whose each asks about the queries it holds.
+        await wait_for(
+            lambda: all(s.poller.ticks >= ticks_before[s.lease.holder] + 10 for s in fleet),  # type: ignore[union-attr]
+            what="ten ticks of each process",
+        )
 
-    calls = double.calls()
+        ticks = {s.lease.holder: s.poller.ticks - ticks_before[s.lease.holder] for s in fleet}  # type: ignore[union-attr]
+        reads = [
+            int(double.execution(e)["status_reads"]) - before
+            for e, before in zip(executions, reads_before, strict=True)
+        ]
+        assert {i: (await store.get(i)).lease_holder for i in held} == holders  # type: ignore[union-attr]
+    finally:
+        await store.close()
+    # Each query is asked about at its holder's ticks only (one more for a tick under way
+    # at each end), not at the ticks of all three.
+    for query_id, count in zip(held, reads, strict=True):
+        assert count <= ticks[holders[query_id]] + 2, (count, ticks)
+    assert sum(reads) < sum(ticks.values()) * QUERIES / 2
+    for execution in executions:
+        double.release(execution)
+    for query_id in held:
+        await clients[0].wait_state(query_id, "SUCCEEDED")
     # One start per query, one download per query (the result object read once).
+    calls = double.calls()
     assert calls["StartQueryExecution"] == QUERIES
     assert calls["GetObject"] == QUERIES
-    # Each execution is asked about as often as one process asks, not three times.
-    alone_reads = statistics.mean(int(e["status_reads"]) for e in baseline)  # type: ignore[call-overload]
-    fleet_reads = statistics.mean(int(e["status_reads"]) for e in executions)  # type: ignore[call-overload]
-    assert fleet_reads <= 1.1 * alone_reads + 1, (fleet_reads, alone_reads)
 
 
 async def test_a_stopping_process_hands_its_queries_over_at_once(

@@ -206,6 +206,13 @@ class Athena:
         session = get_session()
         timeout = config.call_timeout_seconds
         user_agent = session.user_agent()
+        if session.user_agent_extra:
+            # botocore appends the session's extra to a given user agent itself.
+            user_agent = user_agent.removesuffix(f" {session.user_agent_extra}")
+        # Given a user agent, botocore no longer adds the app id an operator configured.
+        app_id = session.get_config_variable("user_agent_appid")
+        if app_id:
+            user_agent += f" app/{app_id}"
         async with contextlib.AsyncExitStack() as stack:
             client, single_attempt_client = [
                 await stack.enter_async_context(

@@ -105,7 +105,11 @@ class Service:
     async def start(self) -> None:
         config = self.config
         try:
-            store = await Store.connect(config.database.url, maxsize=config.database.pool_size)
+            store = await Store.connect(
+                config.database.url,
+                maxsize=config.database.pool_size,
+                call_timeout=config.database.timeout_seconds,
+            )
             self._stack.push_async_callback(store.close)
             self._store = store
             if config.database.migrate_on_start:

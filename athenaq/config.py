@@ -68,6 +68,9 @@ class DatabaseConfig:
     # False: the server refuses a database whose schema is behind, for fleets that run
     # `athenaq migrate` once and then roll their processes.
     migrate_on_start: bool = True
+    # The longest one store call of a request may take, a connection's making or a wait
+    # for a free one included; past it the request answers 503 store_unavailable.
+    timeout_seconds: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,9 @@ class DatabaseSchema(_Section):
     )
     migrate_on_start = fields.Boolean(
         load_default=DatabaseConfig.migrate_on_start, truthy={True}, falsy={False}
+    )
+    timeout_seconds = fields.Float(
+        load_default=DatabaseConfig.timeout_seconds, validate=validate.Range(min=0.1, max=60)
     )
 
     loads_into = DatabaseConfig

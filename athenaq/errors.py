@@ -159,3 +159,9 @@ class Overloaded(ServiceUnavailable):
     """More requests in flight than the process takes (server.max_inflight_requests)."""
 
     code = "overloaded"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The store (MySQL, SQLite) refused, lost or did not answer a call within its deadline."""
+
+    code = "store_unavailable"

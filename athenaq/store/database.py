@@ -27,12 +27,12 @@ from sqlalchemy import URL, Connection, Dialect, Engine, NullPool, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-# Long enough to wait out another process's write transaction (milliseconds), short enough
-# that a lock nobody releases surfaces as an error rather than a hung request.
+# How long switching a new file to WAL may wait for another process doing the same.
 SQLITE_BUSY_TIMEOUT_SECONDS = 10.0
 # Below MySQL's and MariaDB's default wait_timeout (8 hours), so the pool replaces an idle
 # connection before the server drops it; cheaper than a ping at every checkout.
 MYSQL_RECYCLE_SECONDS = 3600
+# Creating the database at start, before any request: a server slow to accept may.
 MYSQL_CONNECT_TIMEOUT_SECONDS = 10
 
 _DATABASE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -68,12 +68,15 @@ def mysql_url(url: str, *, database: bool = True) -> URL:
     )
 
 
-async def open_engine(url: str, pool_size: int) -> AsyncEngine:
+async def open_engine(url: str, pool_size: int, call_timeout: float) -> AsyncEngine:
     """The engine for `url`, its first connection made (so a bad URL or an unreachable
     server fails here), the database or the file created when missing.
 
     MySQL/MariaDB: a pool of `pool_size` connections. SQLite: one connection, in WAL mode,
-    shared by the process's coroutines in turn."""
+    shared by the process's coroutines in turn. A connection's making, a wait for a free
+    one and, on SQLite, a wait for another process's write lock (the busy timeout) give up
+    after `call_timeout` seconds, a store call's deadline: a lock held longer surfaces as an
+    error rather than a hung request."""
     scheme = urlsplit(url).scheme
     if scheme == "mysql":
         await _create_mysql_database(url)
@@ -84,7 +87,8 @@ async def open_engine(url: str, pool_size: int) -> AsyncEngine:
             pool_size=pool_size,
             max_overflow=0,
             pool_recycle=MYSQL_RECYCLE_SECONDS,
-            connect_args={"connect_timeout": MYSQL_CONNECT_TIMEOUT_SECONDS},
+            pool_timeout=call_timeout,
+            connect_args={"connect_timeout": call_timeout},
         )
     elif scheme == "sqlite":
         path = sqlite_path(url)
@@ -97,7 +101,8 @@ async def open_engine(url: str, pool_size: int) -> AsyncEngine:
             skip_autocommit_rollback=True,
             pool_size=1,
             max_overflow=0,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            pool_timeout=call_timeout,
+            connect_args={"timeout": call_timeout},
         )
     else:
         raise ValueError(f"not a mysql:// or sqlite:// URL: {url!r}")

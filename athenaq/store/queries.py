@@ -7,6 +7,10 @@ connection, compiled once for the engine's dialect (driver.py); the others (the 
 list of unfinished queries, a history, the API keys) run through SQLAlchemy, each
 operation one plain function in one greenlet (`greenlet_spawn`, SQLAlchemy's bridge
 between its synchronous core and asyncio).
+
+Every operation has a deadline, and a store out of reach raises errors.StoreUnavailable
+(outage.py): a request's within `call_timeout`, the poller's claim and release of a whole
+batch within `BATCH_TIMEOUT_FACTOR` times that.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from athenaq.states import (
 from athenaq.store import keys, schema
 from athenaq.store.database import open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
+from athenaq.store.outage import Deadline
 from athenaq.store.schema import SchemaChange
 from athenaq.store.tables import queries, query_transitions
 
@@ -48,6 +53,11 @@ T = TypeVar("T")
 MUTABLE_COLUMNS = frozenset({"state_reason", "run", *EXECUTION_FIELDS, *LEASE_FIELDS})
 # Ids per statement of a claim: well under SQLite's limit of bound values.
 CLAIM_CHUNK = 500
+# A claim reads and writes every unfinished query, thousands of rows, where a request's
+# call reads or writes one: it has this many times as long.
+BATCH_TIMEOUT_FACTOR = 10
+# A store call's deadline when none is given (database.timeout_seconds' default).
+DEFAULT_TIMEOUT_SECONDS = 1.5
 
 _GET = select(queries).where(queries.c.id == bindparam("id"))
 _UNFINISHED = (
@@ -145,21 +155,29 @@ class Store:
     """Queries and their transitions in MySQL/MariaDB (asyncmy) or SQLite (aiosqlite),
     through SQLAlchemy Core."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, call_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self._engine = engine
         self._sync = engine.sync_engine
         self._driver = DriverPool(self._sync)
+        self.timeout = call_timeout
+        self._batch_timeout = call_timeout * BATCH_TIMEOUT_FACTOR
 
     @classmethod
-    async def connect(cls, url: str, *, maxsize: int = 10) -> Store:
+    async def connect(
+        cls, url: str, *, maxsize: int = 10, call_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> Store:
         """Open the store that `url` names, creating the database when it is missing.
 
         `mysql://user:password@host:port/database` opens a pool of `maxsize`
         connections, creating the database on the server when it does not have it.
         `sqlite:///relative/path.db` or `sqlite:////absolute/path.db` opens one connection
         to the file, creating the file and its folder when missing, in WAL mode so several
-        processes can share it. Raises ValueError for any other URL."""
-        return cls(await open_engine(url, maxsize))
+        processes can share it. Raises ValueError for any other URL.
+
+        Each operation then takes at most `call_timeout` seconds (a claim or a release more,
+        see BATCH_TIMEOUT_FACTOR), or raises errors.StoreUnavailable, as it does when the
+        store is out of reach."""
+        return cls(await open_engine(url, maxsize, call_timeout), call_timeout)
 
     async def close(self) -> None:
         """Wait for the statements in flight, then close every connection."""
@@ -218,7 +236,7 @@ class Store:
             lease_expires_at=lease_expires_at,
             **dict.fromkeys(EXECUTION_FIELDS),  # no execution yet
         )
-        async with self._driver.transaction() as conn:
+        async with Deadline(self.timeout), self._driver.transaction() as conn:
             if running_limit is not None:
                 await keys.check_running(conn, record.owner, running_limit)
             await conn.execute(
@@ -253,13 +271,14 @@ class Store:
 
     async def get(self, query_id: str) -> QueryRecord | None:
         """The query as stored now, or None when there is no query `query_id`."""
-        async with self._driver.connect() as conn:
+        async with Deadline(self.timeout), self._driver.connect() as conn:
             row = await conn.first(_GET, {"id": query_id})
         return _record(row) if row else None
 
     async def unfinished(self) -> list[QueryRecord]:
         """Every QUEUED or RUNNING query, oldest first: what the poller must drive."""
-        rows = await greenlet_spawn(self._all, _UNFINISHED, {})
+        async with Deadline(self._batch_timeout):
+            rows = await greenlet_spawn(self._all, _UNFINISHED, {})
         return [_record(row) for row in rows]
 
     async def claim(self, holder: str, lease_seconds: float) -> list[QueryRecord]:
@@ -270,7 +289,8 @@ class Store:
         left to it (the update's condition is checked again on each row)."""
         now = utcnow()
         params = {"me": holder, "now": now, "until": now + timedelta(seconds=lease_seconds)}
-        rows = await greenlet_spawn(self._claim, params)
+        async with Deadline(self._batch_timeout):
+            rows = await greenlet_spawn(self._claim, params)
         return sorted((_record(row) for row in rows), key=lambda record: record.submitted_at)
 
     def _claim(self, params: dict[str, Any]) -> list[RowMapping]:
@@ -287,7 +307,8 @@ class Store:
         """End every lease of `holder` (a stopping process) but those of the queries in
         `keep` (whose results it is still storing): another process's next poll claims
         them. Returns how many were released."""
-        return await greenlet_spawn(self._release, holder, frozenset(keep))
+        async with Deadline(self._batch_timeout):
+            return await greenlet_spawn(self._release, holder, frozenset(keep))
 
     def _release(self, holder: str, keep: frozenset[str]) -> int:
         released = 0
@@ -321,7 +342,7 @@ class Store:
         unfinished queries (a refresh makes one more)."""
         _check_columns(changes)
         now = utcnow()
-        async with self._driver.transaction() as conn:
+        async with Deadline(self.timeout), self._driver.transaction() as conn:
             if running_limit is not None:
                 await keys.check_running(conn, current.owner, running_limit)
             if not await _compare_and_set(conn, current, {"state": to_state.value, **changes}, now):
@@ -347,12 +368,13 @@ class Store:
         id); False when another writer changed the row since `current` was read."""
         _check_columns(changes)
         # One statement is atomic on its own: no BEGIN and COMMIT round trips around it.
-        async with self._driver.connect() as conn:
+        async with Deadline(self.timeout), self._driver.connect() as conn:
             return await _compare_and_set(conn, current, changes, utcnow())
 
     async def history(self, query_id: str) -> list[Transition]:
         """The query's transitions, oldest first."""
-        rows = await greenlet_spawn(self._all, _HISTORY, {"query_id": query_id})
+        async with Deadline(self.timeout):
+            rows = await greenlet_spawn(self._all, _HISTORY, {"query_id": query_id})
         return [
             Transition(
                 query_id=row["query_id"],
@@ -369,24 +391,29 @@ class Store:
 
     async def add_key(self, caller: Caller, key_hash: str) -> None:
         """Store a new key; keys.KeyExists when its name is taken, also by a revoked key."""
-        await greenlet_spawn(self._in_transaction, keys.insert_key, caller, key_hash, utcnow())
+        async with Deadline(self.timeout):
+            await greenlet_spawn(self._in_transaction, keys.insert_key, caller, key_hash, utcnow())
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         """The key with this hash, revoked or not; None when there is none."""
-        return await greenlet_spawn(self._on_connection, keys.find_key, key_hash)
+        async with Deadline(self.timeout):
+            return await greenlet_spawn(self._on_connection, keys.find_key, key_hash)
 
     async def list_keys(self) -> list[ApiKey]:
         """Every key, revoked ones too, by name."""
-        return await greenlet_spawn(self._on_connection, keys.all_keys)
+        async with Deadline(self.timeout):
+            return await greenlet_spawn(self._on_connection, keys.all_keys)
 
     async def revoke_key(self, name: str) -> bool:
         """Revoke the key `name` at once; False when no unrevoked key has that name."""
-        return await greenlet_spawn(self._on_connection, keys.revoke_key, name, utcnow())
+        async with Deadline(self.timeout):
+            return await greenlet_spawn(self._on_connection, keys.revoke_key, name, utcnow())
 
     async def scanned_today(self, owner: str) -> int:
         """Bytes Athena scanned for `owner`'s queries that finished this UTC day."""
         day = utcnow().date().isoformat()
-        return await greenlet_spawn(self._on_connection, keys.used, owner, day)
+        async with Deadline(self.timeout):
+            return await greenlet_spawn(self._on_connection, keys.used, owner, day)
 
     def _on_connection(self, operation: Callable[..., T], *args: Any) -> T:
         with self._sync.connect() as conn:

@@ -1,0 +1,100 @@
+"""A store call's deadline, and the failures that mean the store is out of reach.
+
+Every operation of the Store runs inside `Deadline`: a database that refuses, drops or
+never answers a connection, a pool with no free connection, a statement that does not
+answer in time, or a SQLite file locked past its busy timeout all come out as one
+`StoreUnavailable` (503 with Retry-After), within the deadline. What says the SQL or the
+data is wrong (integrity, programming errors) is a bug and passes through unchanged.
+
+A call cut by the deadline leaves no connection behind in an unknown state: the driver's
+path discards the connection of a block that failed (driver.py), and SQLAlchemy's
+invalidates a connection whose statement was interrupted rather than pooling it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from types import TracebackType
+
+import asyncmy.errors
+from sqlalchemy import exc as sa_exc
+
+from athenaq.errors import StoreUnavailable
+
+# SQLite's result codes (their primary part) of a file out of reach or held by another
+# connection; the others (no such table, a constraint, a syntax error) are bugs.
+_SQLITE_OUTAGE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+# What the MySQL driver raises for a refused, lost or timed-out connection and for the
+# server's own passing conditions (too many connections, a lock wait timeout); OSError
+# covers refused and reset connections and TimeoutError, EOFError a reply cut short
+# (asyncio.IncompleteReadError).
+_OUTAGE_TYPES = (asyncmy.errors.OperationalError, asyncmy.errors.InterfaceError, OSError, EOFError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` says the store is out of reach (rather than that a statement is wrong)."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return False
+        # SQLite's are told by their code; the MySQL driver's, all of them.
+        code = None if exc.orig is None else _sqlite_code(exc.orig)
+        return code is None or code & 0xFF in _SQLITE_OUTAGE
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True  # no pooled connection came free in time; a connection lost
+    code = _sqlite_code(exc)
+    if code is not None:
+        return code & 0xFF in _SQLITE_OUTAGE
+    return isinstance(exc, _OUTAGE_TYPES)
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    """SQLite's result code of `exc` or of the sqlite3 error it wraps, if it has one."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, sqlite3.Error):
+            code = getattr(error, "sqlite_errorcode", None)
+            return sqlite3.SQLITE_ERROR if code is None else int(code)
+    return None
+
+
+class Deadline:
+    """`async with Deadline(seconds)`: the block ends within `seconds`, and a store out of
+    reach in it (see `is_outage`) raises StoreUnavailable. A class rather than a
+    generator-based context manager: it wraps every statement of the hot path."""
+
+    __slots__ = ("_seconds", "_timeout")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._timeout: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> None:
+        self._timeout = asyncio.timeout(self._seconds)
+        await self._timeout.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._timeout is not None
+        try:
+            await self._timeout.__aexit__(exc_type, exc, tb)
+        except TimeoutError as expired:
+            raise StoreUnavailable(
+                f"the store did not answer within {self._seconds:g} s"
+            ) from expired
+        if exc is not None and is_outage(exc):
+            raise StoreUnavailable("the store cannot be reached") from exc

@@ -7,7 +7,9 @@ is polled, and its results stored, by one process at a time. It sends the ones n
 sent, asks Athena about the rest in batches of 50, and hands each observation to the
 machine. Result downloads run as their own tasks, so a large result never delays the
 polling of the other queries. Results that could not be written (a full disk) are tried
-again after one interval, then after twice as long each time, up to a minute.
+again after one interval, then after twice as long each time, up to a minute. A store out
+of reach skips ticks the same way, up to a few intervals, and polling resumes by itself
+once it answers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from loguru import logger
 from tornado.ioloop import PeriodicCallback
 
 from athenaq.athena import BATCH_LIMIT, Athena, AthenaCallError, Execution
+from athenaq.errors import StoreUnavailable
 from athenaq.launcher import Launcher
 from athenaq.machine import Machine
 from athenaq.states import Lease, QueryRecord
@@ -41,6 +44,9 @@ DOWNLOAD = "download"
 # once is not hit by every waiting query in the same instant).
 MAX_STORE_RETRY_SECONDS = 60.0
 STORE_RETRY_JITTER = 0.1
+# A store out of reach is asked again after one interval, then after twice as long each
+# time, up to this many intervals: a store that comes back is polled again soon.
+MAX_STORE_BACKOFF_INTERVALS = 4
 
 
 class Poller:
@@ -79,6 +85,10 @@ class Poller:
         # jitter), and when (time.monotonic()) they are tried again. Athena is not asked about them
         # meanwhile: their executions have SUCCEEDED and stay so.
         self._store_retries: dict[str, tuple[float, float]] = {}
+        # While the store is out of reach: the latest wait (seconds; 0 while it answers),
+        # and when (time.monotonic()) the next tick asks it again.
+        self._store_backoff = 0.0
+        self._store_retry_at = 0.0
         # Ticks ended so far, and the latest ones' durations.
         self.ticks = 0
         self.tick_seconds: deque[float] = deque(maxlen=TICK_HISTORY)
@@ -133,11 +143,19 @@ class Poller:
             self.ticks += 1
 
     async def _round(self, started: float) -> None:
+        if started < self._store_retry_at:
+            return  # the store was out of reach a moment ago: this tick waits it out
         try:
             records = await self.store.claim(self.lease.holder, self.lease.seconds)
+        except StoreUnavailable as exc:
+            self._store_down(exc)
+            return
         except Exception:
             logger.exception("poller could not read the store")
             return
+        if self._store_backoff:
+            logger.info("the store answers again; polling resumes")
+            self._store_backoff = 0.0
         for record in records:
             if record.athena_execution_id is None:
                 self.launcher.launch_soon(record.id)
@@ -183,6 +201,16 @@ class Poller:
             self._store_retries.pop(execution.execution_id, None)
         else:
             self._retry_store_later(execution.execution_id)
+
+    def _store_down(self, exc: StoreUnavailable) -> None:
+        """Skip ticks while the store is out of reach, logging once per outage."""
+        if self._store_backoff:
+            longest = MAX_STORE_BACKOFF_INTERVALS * self.interval_seconds
+            self._store_backoff = min(self._store_backoff * 2, longest)
+        else:
+            logger.warning("the store is unavailable; polling backs off", error=exc.message)
+            self._store_backoff = self.interval_seconds
+        self._store_retry_at = time.monotonic() + self._store_backoff
 
     def _retry_store_later(self, execution_id: str) -> None:
         previous = self._store_retries.get(execution_id, (0.0, 0.0))[0]

@@ -1,0 +1,192 @@
+"""The store out of reach: every request that needs it answers `503 store_unavailable`
+with Retry-After within 2 s, /ready names the store, /health stays 200, and everything
+recovers without a restart, no query lost or FAILED.
+
+MySQL sits behind a TCP proxy the test refuses (cutting the connections held) or
+blackholes; the server itself is never touched. SQLite is locked by another connection
+for longer than the store's deadline: its writes are out of reach, while WAL lets its
+reads go on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import pytest
+from tornado.httpclient import HTTPResponse
+
+from athenaq.app import Service
+from athenaq.config import Config
+from athenaq.store import Store
+from tests.athena_double import AthenaDouble
+from tests.conftest import Client, body, make_config, make_key, wait_for, with_keys
+from tests.tcpproxy import TcpProxy
+
+# The contract's bound for any answer while the store is out of reach.
+ANSWER_SECONDS = 2.0
+# A query the double keeps RUNNING until the test releases it.
+HELD = 'SELECT {n}\n-- double: {{"hold": true}}'
+
+
+@dataclass
+class Outage:
+    """Ways to put the service's store out of reach, and to heal it."""
+
+    url: str
+    ways: dict[str, Callable[[], Awaitable[None]]]
+    heal: Callable[[], None]
+    # MySQL out of reach stops reads too; a SQLite write lock stops only writes.
+    reads_stop: bool
+
+
+@pytest.fixture
+async def outage(db_url: str) -> AsyncIterator[Outage]:
+    if db_url.startswith("sqlite"):
+        holder: list[sqlite3.Connection] = []
+
+        async def lock() -> None:
+            conn = sqlite3.connect(unquote(urlsplit(db_url).path)[1:], timeout=0)
+            conn.isolation_level = None
+            holder.append(conn)
+
+            def begin() -> bool:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError:
+                    return False  # the service is writing: the next try takes the lock
+                return True
+
+            await wait_for(begin, what="the SQLite write lock")
+
+        def unlock() -> None:
+            while holder:
+                holder.pop().close()
+
+        yield Outage(db_url, {"locked": lock}, unlock, reads_stop=False)
+        unlock()
+        return
+    parts = urlsplit(db_url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 3306) as proxy:
+        user = parts.netloc.rpartition("@")[0]
+        proxied = urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{proxy.port}"))
+
+        async def refuse() -> None:
+            proxy.refuse()
+            proxy.cut()  # the pooled connections are lost too
+
+        async def blackhole() -> None:
+            proxy.blackhole()
+
+        yield Outage(proxied, {"refused": refuse, "blackholed": blackhole}, proxy.heal, True)
+
+
+async def timed(client: Client, method: str, path: str, payload: Any = None) -> HTTPResponse:
+    started = time.monotonic()
+    response = await client.request(method, path, payload)
+    seconds = time.monotonic() - started
+    assert seconds < ANSWER_SECONDS, f"{method} {path} took {seconds:.2f} s"
+    return response
+
+
+def assert_store_unavailable(response: HTTPResponse, what: str) -> None:
+    assert response.code == 503, (what, response.code, response.body)
+    assert response.headers["Retry-After"] == "1", what
+    assert body(response)["error"]["code"] == "store_unavailable", what
+
+
+@pytest.mark.parametrize("keys", [False, True], ids=["open", "api_keys"])
+async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
+    keys: bool,
+    outage: Outage,
+    double: AthenaDouble,
+    keys_store: Store,
+    tmp_path: Path,
+    start_service: Callable[[Config], Awaitable[Service]],
+) -> None:
+    config = make_config(outage.url, double.url, tmp_path / "results")
+    key = None
+    if keys:
+        config = with_keys(config)
+        key = await make_key(keys_store, "alice")
+    service = await start_service(config)
+    client = Client(service.url, key=key)
+    done = await client.submit("SELECT 1")
+    await client.wait_state(done, "SUCCEEDED")
+    held = [await client.submit(HELD.format(n=n)) for n in range(2)]
+    for query_id in held:
+        await client.wait_state(query_id, "RUNNING")
+    submitted = [done, *held]
+
+    # (method, path, body, whether it writes, its answer with the store in reach)
+    requests = [
+        ("POST", "/query", {"query": "SELECT 2"}, True, 202),
+        ("GET", f"/query/{done}/status", None, False, 200),
+        ("GET", f"/query/{done}/results", None, False, 200),
+        ("POST", f"/query/{done}/cancel", None, False, 409),
+        ("POST", f"/query/{done}/refresh", None, True, 202),
+    ]
+    for way, start in outage.ways.items():
+        await start()
+        for method, path, payload, writes, normal in requests:
+            response = await timed(client, method, path, payload)
+            if writes or outage.reads_stop or response.code == 503:
+                assert_store_unavailable(response, f"{way}: {method} {path}")
+            else:
+                # WAL lets a read go on past another connection's write lock, unless it
+                # waits for the one connection behind a write (the poller's claim).
+                assert response.code == normal, (way, path, response.body)
+        health = await timed(client, "GET", "/health")
+        assert health.code == 200
+        ready = await timed(client, "GET", "/ready")
+        if outage.reads_stop:
+            assert ready.code == 503, ready.body
+            assert ready.headers["Retry-After"] == "1"
+            assert body(ready)["checks"]["store"] != "ok"
+
+        outage.heal()
+
+        async def recovered() -> bool:
+            response = await client.request("GET", f"/query/{done}/status")
+            return response.code == 200
+
+        await wait_for(recovered, what=f"the store in reach again after {way}")
+        submitted.append(await client.submit("SELECT 3"))
+        assert (await client.request("GET", "/ready")).code == 200
+
+    for query_id in held:
+        double.release((await client.status(query_id))["athena_query_execution_id"])
+    for query_id in submitted:
+        status = await client.wait_state(query_id, "SUCCEEDED", "FAILED", "CANCELLED")
+        assert status["state"] == "SUCCEEDED", status
+
+
+async def test_a_store_call_that_does_not_answer_leaves_the_pool_usable(
+    outage: Outage,
+    double: AthenaDouble,
+    tmp_path: Path,
+    start_service: Callable[[Config], Awaitable[Service]],
+) -> None:
+    """More requests than the pool has connections, each cut by the deadline: none holds a
+    connection afterwards, and the ones after the heal are served at once."""
+    config = make_config(outage.url, double.url, tmp_path / "results")
+    config = replace(config, database=replace(config.database, pool_size=2))
+    service = await start_service(config)
+    client = Client(service.url)
+    for start in outage.ways.values():
+        await start()
+        for n in range(4):
+            response = await timed(client, "POST", "/query", {"query": f"SELECT {n}"})
+            assert_store_unavailable(response, "submit")
+        outage.heal()
+
+        async def submitted() -> bool:
+            response = await client.request("POST", "/query", {"query": "SELECT 9"})
+            return response.code == 202
+
+        await wait_for(submitted, what="a submit to pass again")

@@ -20,6 +20,7 @@ from sqlalchemy.sql.expression import ClauseElement
 from sqlalchemy.util import greenlet_spawn
 
 from athenaq.store.database import begin_statement
+from athenaq.store.outage import is_disconnect
 
 
 class Prepared:
@@ -124,7 +125,10 @@ class DriverPool:
     autocommit mode is pooled as it is (no rollback is sent), so nothing in it awaits.
     A block that fails (an error, a cancel) may leave a statement half done and the
     connection in a state nobody knows: it is closed rather than pooled, as SQLAlchemy
-    itself would, and the server undoes what was not committed."""
+    itself would, and the server undoes what was not committed. A connection found gone
+    (the server restarted, the network cut it) marks the pool's others as gone too, as
+    SQLAlchemy does: each is replaced at its next checkout rather than failing a request
+    of its own."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -146,8 +150,8 @@ class DriverPool:
         connection = await greenlet_spawn(self._engine.raw_connection)
         try:
             yield DriverConnection(connection.driver_connection, self)
-        except BaseException:
-            await greenlet_spawn(_discard, connection)
+        except BaseException as exc:
+            await greenlet_spawn(self._discard, connection, exc)
             raise
         connection.close()
 
@@ -160,7 +164,11 @@ class DriverPool:
             yield conn
             await conn.execute("COMMIT", {})
 
-
-def _discard(connection: PoolProxiedConnection) -> None:
-    connection.invalidate()
-    connection.close()
+    def _discard(self, connection: PoolProxiedConnection, exc: BaseException) -> None:
+        if is_disconnect(exc):
+            # SQLAlchemy's own call on a disconnect: every connection made up to now is
+            # replaced at its next checkout, this one at once.
+            self._engine.pool._invalidate(connection, exc)
+        else:
+            connection.invalidate()
+        connection.close()

@@ -38,7 +38,8 @@ _SQLITE_OUTAGE = frozenset(
 # server's own passing conditions (too many connections, a lock wait timeout); OSError
 # covers refused and reset connections and TimeoutError, EOFError a reply cut short
 # (asyncio.IncompleteReadError).
-_OUTAGE_TYPES = (asyncmy.errors.OperationalError, asyncmy.errors.InterfaceError, OSError, EOFError)
+_MYSQL_ERRORS = (asyncmy.errors.OperationalError, asyncmy.errors.InterfaceError)
+_OUTAGE_TYPES = (*_MYSQL_ERRORS, OSError, EOFError)
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -57,6 +58,16 @@ def is_outage(exc: BaseException) -> bool:
     if code is not None:
         return code & 0xFF in _SQLITE_OUTAGE
     return isinstance(exc, _OUTAGE_TYPES)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether the driver's `exc` says its connection is gone (the server closed it, the
+    network dropped it, it never opened): the pool's other connections, opened alike,
+    are likely gone too. MySQL's client-side error codes are 2000 to 2999."""
+    if isinstance(exc, _MYSQL_ERRORS):
+        code = exc.args[0] if exc.args else None
+        return isinstance(code, int) and 2000 <= code < 3000
+    return isinstance(exc, OSError | EOFError)
 
 
 def _sqlite_code(exc: BaseException) -> int | None:

@@ -11,6 +11,7 @@ reads go on.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ from tornado.httpclient import HTTPResponse
 
 from athenaq.app import Service
 from athenaq.config import Config
+from athenaq.errors import StoreUnavailable
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
 from tests.conftest import Client, body, make_config, make_key, wait_for, with_keys
@@ -122,6 +124,7 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
     keys_store: Store,
     tmp_path: Path,
     start_service: Callable[[Config], Awaitable[Service]],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = make_config(outage.url, double.url, tmp_path / "results")
     key = None
@@ -178,6 +181,21 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
     for query_id in submitted:
         status = await client.wait_state(query_id, "SUCCEEDED", "FAILED", "CANCELLED")
         assert status["state"] == "SUCCEEDED", status
+    # The poller said so once per outage (a blackholed claim may outlast it: then never),
+    # not at each skipped tick, and that it resumed after each.
+    messages = [json.loads(line)["message"] for line in capsys.readouterr().err.splitlines()]
+    backs_off = messages.count("the store is unavailable; polling backs off")
+    assert 1 <= backs_off <= len(outage.ways)
+    assert messages.count("the store answers again; polling resumes") == backs_off
+
+
+async def test_a_bug_in_a_statement_is_not_taken_for_an_outage(keys_store: Store) -> None:
+    """An integrity error (here a duplicate id) is a bug to see, a 500, not a 503."""
+    await keys_store.create("same-id", "SELECT 1", "default", "primary", "first", owner="a")
+    with pytest.raises(Exception) as raised:
+        await keys_store.create("same-id", "SELECT 1", "default", "primary", "again", owner="a")
+    assert not isinstance(raised.value, StoreUnavailable)
+    assert "IntegrityError" in type(raised.value).__name__
 
 
 async def test_a_store_call_that_does_not_answer_leaves_the_pool_usable(

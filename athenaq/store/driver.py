@@ -10,7 +10,9 @@ rows through their result processors, as SQLAlchemy would convert them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -136,6 +138,9 @@ class DriverPool:
         self.sqlite = engine.dialect.driver == "aiosqlite"
         self._begin = begin_statement(engine.dialect)
         self._prepared: dict[tuple[ClauseElement, frozenset[str]], Prepared] = {}
+        # The threads of SQLite connections closed while a statement may still run in
+        # them (waiting for a lock): they end with it, and `wait_closed` waits for them.
+        self._closing: list[threading.Thread] = []
 
     def prepared(self, statement: ClauseElement, params: dict[str, Any]) -> Prepared:
         key = (statement, frozenset(params))
@@ -151,7 +156,7 @@ class DriverPool:
         try:
             yield DriverConnection(connection.driver_connection, self)
         except BaseException as exc:
-            await greenlet_spawn(self._discard, connection, exc)
+            self._discard(connection, exc)
             raise
         connection.close()
 
@@ -165,6 +170,14 @@ class DriverPool:
             await conn.execute("COMMIT", {})
 
     def _discard(self, connection: PoolProxiedConnection, exc: BaseException) -> None:
+        # Outside a greenlet SQLAlchemy closes the connection at once, without the polite
+        # goodbye it would await inside one: a connection cut by the store's deadline
+        # (a silent server, an SQLite statement still waiting for a lock in its thread)
+        # would hold the request past the deadline for it.
+        if self.sqlite:
+            self._closing = [thread for thread in self._closing if thread.is_alive()]
+            if connection.driver_connection is not None:
+                self._closing.append(connection.driver_connection._thread)
         if is_disconnect(exc):
             # SQLAlchemy's own call on a disconnect: every connection made up to now is
             # replaced at its next checkout, this one at once.
@@ -172,3 +185,11 @@ class DriverPool:
         else:
             connection.invalidate()
         connection.close()
+
+    async def wait_closed(self) -> None:
+        """Wait for the threads of the SQLite connections closed in a statement to end
+        (within the busy timeout): a thread that outlived the event loop would fail to
+        hand it the statement's outcome."""
+        for thread in self._closing:
+            await asyncio.to_thread(thread.join)
+        self._closing.clear()

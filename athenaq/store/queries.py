@@ -181,6 +181,7 @@ class Store:
 
     async def close(self) -> None:
         """Wait for the statements in flight, then close every connection."""
+        await self._driver.wait_closed()
         await self._engine.dispose()
 
     async def create_schema(self) -> SchemaChange:

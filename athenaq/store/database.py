@@ -34,6 +34,8 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 10.0
 MYSQL_RECYCLE_SECONDS = 3600
 # Creating the database at start, before any request: a server slow to accept may.
 MYSQL_CONNECT_TIMEOUT_SECONDS = 10
+# A store call's deadline when none is given (database.timeout_seconds' default).
+DEFAULT_CALL_TIMEOUT_SECONDS = 1.5
 
 _DATABASE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
@@ -68,7 +70,9 @@ def mysql_url(url: str, *, database: bool = True) -> URL:
     )
 
 
-async def open_engine(url: str, pool_size: int, call_timeout: float) -> AsyncEngine:
+async def open_engine(
+    url: str, pool_size: int, call_timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS
+) -> AsyncEngine:
     """The engine for `url`, its first connection made (so a bad URL or an unreachable
     server fails here), the database or the file created when missing.
 

@@ -42,7 +42,7 @@ from athenaq.states import (
     Transition,
 )
 from athenaq.store import keys, schema
-from athenaq.store.database import open_engine, transaction
+from athenaq.store.database import DEFAULT_CALL_TIMEOUT_SECONDS, open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
 from athenaq.store.outage import Deadline
 from athenaq.store.schema import SchemaChange
@@ -56,8 +56,6 @@ CLAIM_CHUNK = 500
 # A claim reads and writes every unfinished query, thousands of rows, where a request's
 # call reads or writes one: it has this many times as long.
 BATCH_TIMEOUT_FACTOR = 10
-# A store call's deadline when none is given (database.timeout_seconds' default).
-DEFAULT_TIMEOUT_SECONDS = 1.5
 
 _GET = select(queries).where(queries.c.id == bindparam("id"))
 _UNFINISHED = (
@@ -155,7 +153,9 @@ class Store:
     """Queries and their transitions in MySQL/MariaDB (asyncmy) or SQLite (aiosqlite),
     through SQLAlchemy Core."""
 
-    def __init__(self, engine: AsyncEngine, call_timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, engine: AsyncEngine, call_timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS
+    ) -> None:
         self._engine = engine
         self._sync = engine.sync_engine
         self._driver = DriverPool(self._sync)
@@ -164,7 +164,7 @@ class Store:
 
     @classmethod
     async def connect(
-        cls, url: str, *, maxsize: int = 10, call_timeout: float = DEFAULT_TIMEOUT_SECONDS
+        cls, url: str, *, maxsize: int = 10, call_timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS
     ) -> Store:
         """Open the store that `url` names, creating the database when it is missing.
 

@@ -171,11 +171,24 @@ def double() -> Iterator[AthenaDouble]:
         yield endpoint
 
 
-def make_config(db_url: str, endpoint_url: str, results_dir: Path, **poller: Any) -> Config:
+# CI runs three suites at once on two cores, where a store call can take seconds: past
+# the service's 1.5 s deadline, a healthy test would see 503s. The tests of an outage
+# give the service its real deadline themselves.
+LOADED_STORE_TIMEOUT = 10.0
+
+
+def make_config(
+    db_url: str,
+    endpoint_url: str,
+    results_dir: Path,
+    *,
+    store_timeout: float = LOADED_STORE_TIMEOUT,
+    **poller: Any,
+) -> Config:
     return parse_config(
         {
             "server": {"host": "127.0.0.1", "port": 0},
-            "database": {"url": db_url},
+            "database": {"url": db_url, "timeout_seconds": store_timeout},
             "athena": {
                 "region": "us-east-1",
                 "database": "default",

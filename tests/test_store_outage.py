@@ -126,7 +126,7 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
     start_service: Callable[[Config], Awaitable[Service]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = make_config(outage.url, double.url, tmp_path / "results")
+    config = make_config(outage.url, double.url, tmp_path / "results", store_timeout=1.5)
     key = None
     if keys:
         config = with_keys(config)
@@ -213,7 +213,7 @@ async def test_a_store_call_that_does_not_answer_leaves_the_pool_usable(
 ) -> None:
     """More requests than the pool has connections, each cut by the deadline: none holds a
     connection afterwards, and the ones after the heal are served at once."""
-    config = make_config(outage.url, double.url, tmp_path / "results")
+    config = make_config(outage.url, double.url, tmp_path / "results", store_timeout=1.5)
     config = replace(config, database=replace(config.database, pool_size=2))
     service = await start_service(config)
     client = Client(service.url)
@@ -243,7 +243,7 @@ async def test_a_store_disturbance_that_passes_at_once_costs_one_answer_at_most(
     # A poller that ticks once, at the start: its claim finding a connection gone would
     # have the pool renewed by SQLAlchemy before any request could.
     quiet = {"interval_seconds": 600, "lease_seconds": 1800}
-    config = make_config(outage.url, double.url, tmp_path / "results", **quiet)
+    config = make_config(outage.url, double.url, tmp_path / "results", store_timeout=1.5, **quiet)
     service = await start_service(config)
     client = Client(service.url)
     done = await client.submit("SELECT 1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.loaders import Loader, create_loader
 from loguru import logger
 
 from athenaq.config import AthenaConfig, S3Config
@@ -167,6 +169,14 @@ def _cells(row: dict[str, Any]) -> list[str | None]:
     return [datum.get("VarCharValue") for datum in row.get("Data", [])]
 
 
+@functools.cache
+def _models(data_path: str | None) -> Loader:
+    """botocore's loader of service models, one per process: a new session parses the
+    Athena and S3 models and the endpoint tables again (about 50 ms of CPU per client),
+    and the models never change while the process runs."""
+    return create_loader(data_path)
+
+
 class Athena:
     """The service's Athena and S3 clients; one per process, opened and closed by `main`.
 
@@ -204,6 +214,7 @@ class Athena:
         The S3 client (result objects) shares the region and credentials; against an
         S3-compatible endpoint it addresses buckets by path, as such endpoints expect."""
         session = get_session()
+        session.register_component("data_loader", _models(session.get_config_variable("data_path")))
         timeout = config.call_timeout_seconds
         user_agent = session.user_agent()
         if session.user_agent_extra:

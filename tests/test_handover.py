@@ -199,8 +199,12 @@ async def test_sigterm_drains_then_cuts_and_another_process_takes_over_within_a_
 ) -> None:
     drain = 1.0
     # Leases far longer than the test: only the releases hand the queries over.
+    heir_config = leased(make_config(db_url, double.url, tmp_path / "heir"), 3600, HEIR_INTERVAL)
+    # The stalled ingest the heir takes over never ends: its stop cuts it at once.
     heir = await start_service(
-        leased(make_config(db_url, double.url, tmp_path / "heir"), 3600, HEIR_INTERVAL)
+        dataclasses.replace(
+            heir_config, server=dataclasses.replace(heir_config.server, drain_seconds=0)
+        )
     )
     store = await Store.connect(db_url, maxsize=1)
     try:

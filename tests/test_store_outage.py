@@ -153,8 +153,11 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
     for way, start in outage.ways.items():
         await start()
         ticks = poller.ticks
-        for method, path, payload, writes, normal in requests:
-            response = await timed(client, method, path, payload)
+        # At once, but for the refresh: it waits for the cancel's hold on the query first.
+        *together, refresh = requests
+        responses = await asyncio.gather(*(timed(client, *request[:3]) for request in together))
+        responses.append(await timed(client, *refresh[:3]))
+        for (method, path, _, writes, normal), response in zip(requests, responses, strict=True):
             if writes or outage.reads_stop or response.code == 503:
                 assert_store_unavailable(response, f"{way}: {method} {path}")
             else:
@@ -219,8 +222,11 @@ async def test_a_store_call_that_does_not_answer_leaves_the_pool_usable(
     client = Client(service.url)
     for start in outage.ways.values():
         await start()
-        for n in range(4):
-            response = await timed(client, "POST", "/query", {"query": f"SELECT {n}"})
+        # Twice the pool at once: the two waiting for a connection are cut by the deadline too.
+        responses = await asyncio.gather(
+            *(timed(client, "POST", "/query", {"query": f"SELECT {n}"}) for n in range(4))
+        )
+        for response in responses:
             assert_store_unavailable(response, "submit")
         outage.heal()
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from athenaq.app import Service
+from athenaq.config import Config
 from tests.athena_double import AthenaDouble
 from tests.conftest import Client, body
 
 
 async def test_a_cancel_athena_does_not_take_answers_503_with_retry_after(
-    client: Client, double: AthenaDouble
+    config: Config, double: AthenaDouble, start_service: Callable[[Config], Awaitable[Service]]
 ) -> None:
+    # The stop's retries end within the call's deadline: a short one keeps the test short.
+    service = await start_service(
+        replace(config, athena=replace(config.athena, call_timeout_seconds=1.0))
+    )
+    client = Client(service.url)
     query_id = await client.submit('SELECT 1\n-- double: {"hold": true}')
     await client.wait_state(query_id, "RUNNING")
     double.stop()  # Athena out of reach: the stop cannot be sent

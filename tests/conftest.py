@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -35,6 +36,7 @@ from athenaq.identity import DEFAULT_SCOPES, Caller, key_hash, new_key
 from athenaq.local import LocalEngine
 from athenaq.logs import setup_logging
 from athenaq.store import Store
+from athenaq.store.tables import metadata
 from tests.athena_double import AthenaDouble
 
 # A config file as v1 wrote them: every key then required, none of the later optional ones.
@@ -118,6 +120,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "store: uses the store under test, so ATHENAQ_TEST_DB_URL can change it"
     )
     config.addinivalue_line(
+        "markers", "empty_database: db_url is a database with no schema (a SQLite file not made)"
+    )
+    config.addinivalue_line(
         "markers", "endpoint: its Athena endpoint is the one ATHENAQ_TEST_ATHENA chooses"
     )
 
@@ -140,26 +145,106 @@ def json_logs() -> None:
     setup_logging(level="DEBUG")
 
 
-@pytest.fixture
-async def db_url(tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh, empty database on the test server, dropped after the test; or, when
-    ATHENAQ_TEST_DB_URL starts with sqlite, a SQLite file (not made yet) under tmp_path."""
+# Databases at the newest schema that a finished test left, emptied by the next one to
+# take them: making and migrating a database costs about ten times more than emptying it.
+_FREE_DATABASES: list[str] = []
+_SQLITE_TEMPLATE: list[Path] = []
+
+
+async def _empty_tables(admin: asyncmy.Connection, name: str) -> None:
+    async with admin.cursor() as cur:
+        for table in reversed(metadata.sorted_tables):
+            await cur.execute(f"DELETE FROM `{name}`.`{table.name}`")
+    await admin.commit()
+
+
+async def _at_head(url: str) -> bool:
+    store = await Store.connect(url, maxsize=1)
+    try:
+        await store.check_schema()
+    except Exception:
+        return False
+    else:
+        return True
+    finally:
+        await store.close()
+
+
+async def _migrated(url: str) -> None:
+    store = await Store.connect(url, maxsize=1)
+    try:
+        await store.create_schema()
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="session")
+def _databases_dropped_at_exit() -> Iterator[None]:
+    yield
     base = os.environ.get("ATHENAQ_TEST_DB_URL", DEFAULT_DB_URL)
+    if base.startswith("sqlite") or not _FREE_DATABASES:
+        return
+
+    async def drop_all() -> None:
+        admin = await asyncmy.connect(**_admin_params(base), connect_timeout=5)
+        try:
+            async with admin.cursor() as cur:
+                for name in _FREE_DATABASES:
+                    await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            await admin.ensure_closed()
+
+    asyncio.run(drop_all())
+    _FREE_DATABASES.clear()
+
+
+@pytest.fixture
+async def db_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    _databases_dropped_at_exit: None,
+) -> AsyncIterator[str]:
+    """A database of the test's own on the test server, empty and at the newest schema;
+    or, when ATHENAQ_TEST_DB_URL starts with sqlite, a SQLite file under tmp_path.
+
+    A test marked `empty_database` gets one with no schema at all (a SQLite file not made
+    yet), dropped after it. Any other is handed to a later test, emptied, unless the test
+    left it at another revision."""
+    base = os.environ.get("ATHENAQ_TEST_DB_URL", DEFAULT_DB_URL)
+    empty = request.node.get_closest_marker("empty_database") is not None
     if base.startswith("sqlite"):
-        yield f"sqlite:///{quote(str(tmp_path / 'athenaq.db'))}"
+        path = tmp_path / "athenaq.db"
+        if not empty:
+            if not _SQLITE_TEMPLATE:
+                template = tmp_path_factory.mktemp("sqlite-template") / "athenaq.db"
+                await _migrated(f"sqlite:///{quote(str(template))}")
+                _SQLITE_TEMPLATE.append(template)
+            shutil.copyfile(_SQLITE_TEMPLATE[0], path)
+        yield f"sqlite:///{quote(str(path))}"
         return
     parts = urlsplit(base)
-    name = f"{parts.path.strip('/') or 'athenaq_test'}_{secrets.token_hex(4)}"
     try:
         admin = await asyncmy.connect(**_admin_params(base), connect_timeout=5)
     except Exception as exc:
         pytest.fail(f"the test database server at {parts.hostname}:{parts.port} answers no: {exc}")
     try:
-        async with admin.cursor() as cur:
-            await cur.execute(f"CREATE DATABASE `{name}`")
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-        async with admin.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        if _FREE_DATABASES and not empty:
+            name = _FREE_DATABASES.pop()
+            await _empty_tables(admin, name)
+        else:
+            name = f"{parts.path.strip('/') or 'athenaq_test'}_{secrets.token_hex(4)}"
+            async with admin.cursor() as cur:
+                await cur.execute(f"CREATE DATABASE `{name}`")
+            if not empty:
+                await _migrated(urlunsplit(parts._replace(path=f"/{name}")))
+        url = urlunsplit(parts._replace(path=f"/{name}"))
+        yield url
+        if not empty and await _at_head(url):
+            _FREE_DATABASES.append(name)
+        else:
+            async with admin.cursor() as cur:
+                await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     finally:
         await admin.ensure_closed()
 

@@ -41,6 +41,9 @@ from athenaq.store.schema import MIGRATIONS, head
 from athenaq.store.tables import metadata
 from tests.conftest import Client, _admin_params, make_config
 
+# Each test starts from a database with no schema, or writes an old release's itself.
+pytestmark = pytest.mark.empty_database
+
 FIXTURE = Path(__file__).parent / "fixtures" / "release_25f9e7b"
 # Nothing listens there: the service's Athena calls fail for a passing reason, and the
 # queries the release left unfinished stay as they were.

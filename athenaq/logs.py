@@ -91,7 +91,9 @@ def log_request(handler: RequestHandler, *, aborted: bool = False) -> None:
     `aborted`: the client hung up mid-body. Tornado never finishes such a request, so
     the handler logs it itself, as status 499 with `"aborted": true`."""
     status = ABORTED_STATUS if aborted else handler.get_status()
-    level = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
+    # A 503 is a part out of reach or a shed load, answered as designed (the client tries
+    # again): a warning. Any other 5xx is a bug to look at.
+    level = "INFO" if status < 400 else "ERROR" if status >= 500 and status != 503 else "WARNING"
     request = handler.request
     # Set by prepare() once the caller is known; never the key itself.
     caller = getattr(handler, "_current_user", None)

@@ -11,6 +11,7 @@ from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
 
+from athenaq.errors import Overloaded
 from athenaq.handlers.base import SECURITY_HEADERS
 
 
@@ -51,7 +52,7 @@ class AthenaqHTTPServer(HTTPServer):
         super().on_close(server_conn)
 
     def _refuse(self, stream: IOStream) -> None:
-        body = _error_body("overloaded", "too many open connections; try again")
+        body = _error_body(Overloaded.code, "too many open connections; try again")
         headers = _error_headers(body, **{"Retry-After": "1"})
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         logger.warning("connection refused", reason="max_connections", limit=self.max_connections)

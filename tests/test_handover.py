@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,8 @@ from athenaq.app import Service
 from athenaq.config import Config
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
-from tests.conftest import Client, config_with, free_port, make_config, wait_for
+from tests.conftest import Client, make_config, wait_for
+from tests.served import Served, served, served_config
 
 StartService = Callable[..., Awaitable[Service]]
 INTERVAL = 0.05
@@ -40,59 +38,14 @@ def leased(config: Config, lease_seconds: float, interval: float = INTERVAL) -> 
     )
 
 
-class Served:
-    """`athenaq serve` as its own process (this worktree's code), its log in a file."""
-
-    def __init__(self, tmp_path: Path, db_url: str, double: AthenaDouble, **options: Any) -> None:
-        self.port = free_port()
-        self.log = tmp_path / "serve.log"
-        document = config_with("server.port", self.port)
-        document["server"].update(options.pop("server", {}))
-        document["database"]["url"] = db_url
-        document["athena"]["endpoint_url"] = double.url
-        document["s3"]["endpoint_url"] = double.url
-        document["results"]["dir"] = str(tmp_path / "results")
-        document["poller"].update(interval_seconds=INTERVAL, **options)
-        (tmp_path / "config.json").write_text(json.dumps(document))
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "athenaq", "serve", "--config", "config.json"],
-                cwd=tmp_path,
-                stderr=log,
-            )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.client = Client(self.url)
-
-    async def serving(self) -> None:
-        async def answers() -> bool:
-            with contextlib.suppress(OSError):
-                return (await self.client.request("GET", "/health")).code == 200
-            return False
-
-        await wait_for(answers, timeout=60, what="the served process to answer")
-
-    def messages(self) -> list[str]:
-        lines = self.log.read_text().splitlines()
-        return [json.loads(line)["message"] for line in lines if line.startswith("{")]
-
-    async def exited(self, timeout: float) -> int:
-        """Wait for the process to end; its exit status."""
-        await wait_for(lambda: self.process.poll() is not None, timeout, "the process to exit")
-        return self.process.returncode
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-
-@contextlib.contextmanager
-def served(tmp_path: Path, db_url: str, double: AthenaDouble, **options: Any) -> Iterator[Served]:
-    process = Served(tmp_path, db_url, double, **options)
-    try:
-        yield process
-    finally:
-        process.kill()
+def serving(
+    tmp_path: Path, db_url: str, double: AthenaDouble, *, server: Any = None, **poller: Any
+) -> contextlib.AbstractContextManager[Served]:
+    """`athenaq serve` as its own process (this checkout's code), with these `server` and
+    `poller` keys."""
+    document = served_config(db_url, double.url, **poller)
+    document["server"].update(server or {})
+    return served(tmp_path, document)
 
 
 async def test_a_start_cut_by_kill_9_is_sent_again_with_its_token_and_runs_once(
@@ -104,7 +57,7 @@ async def test_a_start_cut_by_kill_9_is_sent_again_with_its_token_and_runs_once(
     sql = 'SELECT 1 -- double: {"start_stall_ms": 2000, "run_ms": 100}'
     store = await Store.connect(db_url, maxsize=1)
     try:
-        with served(tmp_path, db_url, double, lease_seconds=lease_seconds) as doomed:
+        with serving(tmp_path, db_url, double, lease_seconds=lease_seconds) as doomed:
             await doomed.serving()
             query_id = await doomed.client.submit(sql)
             made = await wait_for(double.executions, what="the start to reach the engine")
@@ -147,7 +100,7 @@ async def test_sigterm_lets_a_short_ingest_finish_before_exit(
 ) -> None:
     store = await Store.connect(db_url, maxsize=1)
     try:
-        with served(tmp_path, db_url, double, lease_seconds=3600) as stopping:
+        with serving(tmp_path, db_url, double, lease_seconds=3600) as stopping:
             await stopping.serving()
             query_id = await stopping.client.submit(
                 'SELECT 1 -- double: {"generate": 5000, "s3_stall_after": 1000}'
@@ -208,7 +161,7 @@ async def test_sigterm_drains_then_cuts_and_another_process_takes_over_within_a_
     )
     store = await Store.connect(db_url, maxsize=1)
     try:
-        with served(
+        with serving(
             tmp_path, db_url, double, lease_seconds=3600, server={"drain_seconds": drain}
         ) as stopping:
             await stopping.serving()

@@ -12,17 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import IO, Any
-
-from tornado.httpclient import AsyncHTTPClient
+from typing import Any
 
 from athenaq.results import TEMP_PREFIX
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
-from tests.conftest import Client, body, config_with, free_port, wait_for
+from tests.conftest import Client, body, wait_for
+from tests.served import Served, served_config
 from tests.test_ingest import generated_row
 
 ROWS = 120_000  # about 3 MB of CSV in the result object
@@ -30,55 +27,14 @@ STALL_AFTER = 1_500_000  # bytes of it sent before the double holds the rest
 PAGE = 10_000  # rows per results page (MAX_PAGE_ROWS)
 
 
-class Server:
-    """`python -m athenaq --config <name>.json` in tmp_path, its log in `<name>.log`."""
-
-    def __init__(self, name: str, tmp_path: Path, db_url: str, endpoint: str, results: Path):
-        port = free_port()
-        config = config_with("server.port", port)
-        config["database"]["url"] = db_url
-        config["athena"]["endpoint_url"] = endpoint
-        config["s3"]["endpoint_url"] = endpoint
-        config["results"]["dir"] = str(results)
-        config["poller"]["interval_seconds"] = 0.05
-        # The killed process's lease on the query ends soon after it: the next one takes
-        # the query over then.
-        config["poller"]["lease_seconds"] = 1.0
-        (tmp_path / f"{name}.json").write_text(json.dumps(config))
-        self.log_path = tmp_path / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        # The log goes to a file, not a pipe nobody reads that could fill and block it.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "athenaq", "--config", f"{name}.json"],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-        self.client = Client(f"http://127.0.0.1:{port}")
-
-    async def ready(self) -> None:
-        http = AsyncHTTPClient()
-
-        async def healthy() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited early:\n{self.log_tail()}")
-            try:
-                response = await http.fetch(self.client.base_url + "/health", raise_error=False)
-            except OSError:
-                return False
-            return response.code == 200
-
-        await wait_for(healthy, timeout=30, what="the server to answer")
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def close(self) -> None:
-        """Kill the process if a failed test left it running; close its log."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._log.close()
+def start_server(name: str, tmp_path: Path, db_url: str, endpoint: str) -> Served:
+    """`python -m athenaq --config <name>.json` (the first releases' form of the command)."""
+    # The killed process's lease on the query ends soon after it: the next one takes the
+    # query over then.
+    document = served_config(db_url, endpoint, lease_seconds=1.0)
+    return Served(
+        tmp_path, document, name=name, command=["-m", "athenaq", "--config", f"{name}.json"]
+    )
 
 
 def entries(results: Path) -> list[str]:
@@ -106,13 +62,13 @@ async def test_a_crash_mid_ingest_leaves_nothing_served_and_the_restart_ingests_
 ) -> None:
     results = tmp_path / "results"
     sql = f"SELECT n -- double: {json.dumps({'generate': ROWS, 's3_stall_after': STALL_AFTER})}"
-    servers: list[Server] = []
+    servers: list[Served] = []
     with AthenaDouble() as endpoint:
         try:
             # 1. The first process starts the ingest, which stalls mid-object.
-            first = Server("first", tmp_path, db_url, endpoint.url, results)
+            first = start_server("first", tmp_path, db_url, endpoint.url)
             servers.append(first)
-            await first.ready()
+            await first.serving()
             query_id = await first.client.submit(sql)
 
             async def execution_id() -> str | None:
@@ -154,9 +110,9 @@ async def test_a_crash_mid_ingest_leaves_nothing_served_and_the_restart_ingests_
 
             # 3. The object is served whole from now on; a new process takes over.
             endpoint.release_s3(execution)
-            second = Server("second", tmp_path, db_url, endpoint.url, results)
+            second = start_server("second", tmp_path, db_url, endpoint.url)
             servers.append(second)
-            await second.ready()
+            await second.serving()
             client = second.client
             status = await client.wait_state(query_id, "SUCCEEDED", "FAILED", "CANCELLED")
             assert status["state"] == "SUCCEEDED", (status, second.log_tail())
@@ -177,8 +133,7 @@ async def test_a_crash_mid_ingest_leaves_nothing_served_and_the_restart_ingests_
             assert rows == [generated_row(i) for i in range(ROWS)]
 
             # 4. A clean stop, while the endpoint still answers.
-            second.process.send_signal(signal.SIGTERM)
-            assert second.process.wait(30) == 0, second.log_tail()
+            assert await second.stop() == 0, second.log_tail()
         finally:
             for server in servers:
                 with contextlib.suppress(Exception):

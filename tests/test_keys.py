@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,8 @@ from athenaq.identity import (
 )
 from athenaq.main import main
 from athenaq.store import Store
-from tests.conftest import Client, body, config_with, free_port, make_key, wait_for, with_keys
+from tests.conftest import Client, body, config_with, make_key, with_keys
+from tests.served import served, served_config
 
 StartService = Callable[..., Awaitable[Service]]
 RUNNING_SQL = 'SELECT 1 -- double: {"hold": true}'
@@ -138,33 +137,18 @@ async def test_a_revoke_on_one_process_refuses_the_key_at_once_on_another(
 ) -> None:
     # Process A serves in this test's process; process B is the athenaq command.
     first = await start_service(with_keys(config))
-    port = free_port()
-    document = config_with("server.port", port)
-    document["database"]["url"] = db_url
-    document["athena"]["endpoint_url"] = double.url
+    document = served_config(db_url, double.url)
     document["auth"] = {"mode": "api_keys"}
-    (tmp_path / "config.json").write_text(json.dumps(document))
-    second = subprocess.Popen(
-        [sys.executable, "-m", "athenaq", "serve", "--config", "config.json"],
-        cwd=tmp_path,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with served(tmp_path, document) as second:
         key = await make_key(keys_store, "team")
         on_first = Client(first.url, key=key)
-        on_second = Client(f"http://127.0.0.1:{port}", key=key)
-
-        async def serving() -> bool:
-            with contextlib.suppress(OSError):
-                return (await on_second.request("GET", "/health")).code == 200
-            return False
-
-        await wait_for(serving, timeout=60, what="the second process to answer")
+        on_second = Client(second.url, key=key)
+        await second.serving()
         query_id = await on_first.submit("SELECT 1")
         assert (await on_second.status(query_id))["owner"] == "team"
 
         status, out, _ = await run_main(
-            "keys", "revoke", "--config", str(tmp_path / "config.json"), "team"
+            "keys", "revoke", "--config", str(second.config_path), "team"
         )
         assert (status, out) == (0, "revoked team\n")
 
@@ -172,10 +156,6 @@ async def test_a_revoke_on_one_process_refuses_the_key_at_once_on_another(
             response = await client.request("GET", f"/query/{query_id}/status")
             assert code(response) == (401, "unauthorized")
             assert body(response)["error"]["message"] == "the API key was revoked"
-    finally:
-        second.terminate()
-        # Waited for off the loop: this process's service must go on answering meanwhile.
-        await asyncio.to_thread(second.wait, 60)
 
 
 async def test_transitions_record_who_caused_them(
@@ -253,7 +233,6 @@ async def database_text(store: Store) -> str:
 async def run_main(*argv: str) -> tuple[int, str, str]:
     """`athenaq` in this process (in a thread, as it runs its own event loop). Its stderr
     is this process's for that time: it may hold other lines logged meanwhile."""
-    import contextlib
     import io
 
     out, err = io.StringIO(), io.StringIO()

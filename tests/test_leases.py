@@ -5,12 +5,7 @@ over at once, and one that dies loses them after `poller.lease_seconds`."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import json
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,7 +14,8 @@ from athenaq.app import Service
 from athenaq.config import Config
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
-from tests.conftest import Client, config_with, free_port, make_config, wait_for
+from tests.conftest import Client, make_config, wait_for
+from tests.served import served, served_config
 
 StartService = Callable[..., Awaitable[Service]]
 INTERVAL = 0.05
@@ -109,33 +105,15 @@ async def test_the_queries_of_a_process_killed_are_taken_over_after_the_lease(
     db_url: str, double: AthenaDouble, tmp_path: Path, start_service: StartService
 ) -> None:
     lease_seconds = 1.0
-    port = free_port()
-    document = config_with("server.port", port)
-    document["database"]["url"] = db_url
-    document["athena"]["endpoint_url"] = double.url
-    document["s3"]["endpoint_url"] = double.url
-    document["results"]["dir"] = str(tmp_path / "results")
-    document["poller"].update(interval_seconds=INTERVAL, lease_seconds=lease_seconds)
-    (tmp_path / "config.json").write_text(json.dumps(document))
-    doomed = subprocess.Popen(
-        [sys.executable, "-m", "athenaq", "serve", "--config", "config.json"],
-        cwd=tmp_path,
-        stderr=subprocess.DEVNULL,
+    document = served_config(
+        db_url, double.url, interval_seconds=INTERVAL, lease_seconds=lease_seconds
     )
-    try:
-        client = Client(f"http://127.0.0.1:{port}")
-
-        async def serving() -> bool:
-            with contextlib.suppress(OSError):
-                return (await client.request("GET", "/health")).code == 200
-            return False
-
-        await wait_for(serving, timeout=60, what="the first process to answer")
+    with served(tmp_path, document) as doomed:
+        await doomed.serving()
+        client = doomed.client
         held = [await client.submit(f'SELECT {n} -- double: {{"hold": true}}') for n in range(5)]
         running = [await client.wait_state(i, "RUNNING") for i in held]
-    finally:
-        doomed.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(doomed.wait, 30)
+        doomed.kill()
     # Nobody polls them now; a process that starts takes them once their leases end.
     killed_at = time.monotonic()
     heir = await start_service(

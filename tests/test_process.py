@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient
 
 from athenaq.main import main
 from tests.athena_double import AthenaDouble
-from tests.conftest import DELETE, Client, config_with, free_port, wait_for
+from tests.conftest import DELETE, config_with
+from tests.served import served, served_config
 
 
 def test_version_and_a_bad_log_level(capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,47 +96,25 @@ def test_the_example_config_is_valid() -> None:
 async def test_serves_logs_json_and_exits_zero_on_a_stop_signal(
     db_url: str, double: AthenaDouble, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
-    port = free_port()
-    config = config_with("server.port", port)
-    config["database"]["url"] = db_url
-    config["athena"]["endpoint_url"] = double.url
-    config["poller"]["interval_seconds"] = 0.05
-    (tmp_path / "config.json").write_text(json.dumps(config))
     # The first releases' form of the command, and `serve` with the most verbose logs.
     command = (
-        ["--config", "config.json"]
+        ["--config", "serve.json"]
         if stop_signal == signal.SIGTERM
-        else ["serve", "--config", "config.json", "--log-level", "debug"]
+        else ["serve", "--config", "serve.json", "--log-level", "debug"]
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "athenaq", *command],
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "AWS_ACCESS_KEY_ID": "secret-key-id", "AWS_SECRET_ACCESS_KEY": "s3cr3t"},
-    )
-    try:
-        client = Client(f"http://127.0.0.1:{port}")
-        http = AsyncHTTPClient()
-
-        async def healthy() -> bool:
-            try:
-                response = await http.fetch(client.base_url + "/health", raise_error=False)
-            except OSError:
-                return False
-            return response.code == 200
-
-        await wait_for(healthy, timeout=30, what="the server to answer")
-        query_id = await client.submit("SELECT 1")
-        await client.wait_state(query_id, "SUCCEEDED")
+    credentials = {"AWS_ACCESS_KEY_ID": "secret-key-id", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    with served(
+        tmp_path,
+        served_config(db_url, double.url),
+        command=["-m", "athenaq", *command],
+        env=credentials,
+    ) as process:
+        await process.serving(timeout=30)
+        query_id = await process.client.submit("SELECT 1")
+        await process.client.wait_state(query_id, "SUCCEEDED")
         assert (tmp_path / "results").is_dir()  # relative to where the server started
-        process.send_signal(stop_signal)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0
+        assert await process.stop(stop_signal) == 0
+        stderr = process.text()
     lines = [json.loads(line) for line in stderr.splitlines()]
     for line in lines:
         assert {"timestamp", "level", "file", "line", "message"} <= set(line), line

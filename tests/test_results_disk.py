@@ -15,10 +15,6 @@ import contextlib
 import json
 import re
 import resource
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -30,7 +26,8 @@ from athenaq.clock import utcnow
 from athenaq.config import Config
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
-from tests.conftest import Client, body, config_with, free_port, make_config, wait_for
+from tests.conftest import Client, body, make_config, wait_for
+from tests.served import Served, served_config
 from tests.test_ingest import generated_row
 
 ROWS = 40
@@ -175,65 +172,22 @@ BIG_ROWS = 100_000  # about 2.5 MB of CSV: over the limit
 BIG_SQL = f"SELECT n -- double: {json.dumps({'generate': BIG_ROWS})}"
 
 
-class LimitedServer:
+class LimitedServer(Served):
     """athenaq in its own process, its files limited to FILE_SIZE_LIMIT bytes until the
-    test lifts the limit. Its log goes to a pipe (no size limit there), kept for a
-    failed test's message."""
+    test lifts the limit."""
 
     def __init__(
         self, name: str, tmp_path: Path, db_url: str, endpoint: str, retry_minutes: float = 60
     ) -> None:
-        port = free_port()
-        config = config_with("server.port", port)
-        config["database"]["url"] = db_url
-        config["athena"]["endpoint_url"] = endpoint
-        config["s3"]["endpoint_url"] = endpoint
-        config["results"] = {"dir": "results", "store_retry_minutes": retry_minutes}
-        config["poller"]["interval_seconds"] = 0.05
-        (tmp_path / f"{name}.json").write_text(json.dumps(config))
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", LIMITED_START, str(FILE_SIZE_LIMIT), "--config", f"{name}.json"],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.log: list[bytes] = []
-        assert self.process.stderr is not None
-        stderr = self.process.stderr
-        self._reader = threading.Thread(target=lambda: self.log.extend(stderr), daemon=True)
-        self._reader.start()
-        self.client = Client(f"http://127.0.0.1:{port}")
-
-    async def ready(self) -> None:
-        async def healthy() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited early:\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                return (await self.client.request("GET", "/health")).code == 200
-            return False
-
-        await wait_for(healthy, timeout=30, what="the server to answer")
+        document = served_config(db_url, endpoint)
+        document["results"] = {"dir": "results", "store_retry_minutes": retry_minutes}
+        limited = ["-c", LIMITED_START, str(FILE_SIZE_LIMIT), "--config", f"{name}.json"]
+        super().__init__(tmp_path, document, name=name, command=limited)
 
     def lift_limit(self) -> None:
         """The disk is freed: writes of any size go through again."""
         hard = resource.prlimit(self.process.pid, resource.RLIMIT_FSIZE)[1]
         resource.prlimit(self.process.pid, resource.RLIMIT_FSIZE, (hard, hard))
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(30) == 0, self.log_tail()
-
-    def log_tail(self, lines: int = 30) -> str:
-        return b"".join(self.log[-lines:]).decode(errors="replace")
-
-    def close(self) -> None:
-        """Kill the process if a failed test left it running; close its pipe."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-        self._reader.join(10)
-        assert self.process.stderr is not None
-        self.process.stderr.close()
 
 
 @contextlib.contextmanager
@@ -253,7 +207,7 @@ async def test_a_disk_full_mid_write_then_freed_the_query_succeeds(
     with servers() as started:
         server = LimitedServer("server", tmp_path, db_url, double.url)
         started.append(server)
-        await server.ready()
+        await server.serving()
         client = server.client
         query_id = await client.submit(BIG_SQL)
 
@@ -277,7 +231,7 @@ async def test_a_disk_full_mid_write_then_freed_the_query_succeeds(
         assert lines[-1] == f'"{BIG_ROWS - 1}","row {BIG_ROWS - 1}",'
         # Every failed attempt removed its partial files: only the whole result is left.
         assert entries(results) == [f"{query_id}.{status['athena_query_execution_id']}"]
-        server.stop()
+        assert await server.stop() == 0, server.log_tail()
 
 
 async def test_a_restart_keeps_retrying_and_keeps_the_first_failure_time(
@@ -286,24 +240,24 @@ async def test_a_restart_keeps_retrying_and_keeps_the_first_failure_time(
     with servers() as started:
         first = LimitedServer("first", tmp_path, db_url, double.url)
         started.append(first)
-        await first.ready()
+        await first.serving()
         query_id = await first.client.submit(BIG_SQL)
         since = retrying_since(await wait_retrying(first.client, query_id))
         assert since is not None
-        first.stop()
+        assert await first.stop() == 0, first.log_tail()
 
         # The disk still full after a restart: the next process tries again, and the
         # reason still names the first failure.
         attempts = double.calls()["GetObject"]
         second = LimitedServer("second", tmp_path, db_url, double.url)
         started.append(second)
-        await second.ready()
+        await second.serving()
         await wait_for(
             lambda: double.calls()["GetObject"] >= attempts + 2, what="attempts after restart"
         )
         status = await second.client.status(query_id)
         assert status["state"] == "RUNNING" and retrying_since(status) == since, status
-        second.stop()
+        assert await second.stop() == 0, second.log_tail()
 
         # A process whose retry time has passed since that first failure fails the query
         # at its first attempt: no restart gave it a new deadline.
@@ -315,7 +269,7 @@ async def test_a_restart_keeps_retrying_and_keeps_the_first_failure_time(
         attempts = double.calls()["GetObject"]
         third = LimitedServer("third", tmp_path, db_url, double.url, retry_minutes=0.01)
         started.append(third)
-        await third.ready()
+        await third.serving()
         status = await third.client.wait_state(query_id, "SUCCEEDED", "FAILED", "CANCELLED")
         assert status["state"] == "FAILED", status
         assert status["state_reason"] == f"results could not be stored since {since}: " + (
@@ -323,4 +277,4 @@ async def test_a_restart_keeps_retrying_and_keeps_the_first_failure_time(
         )
         assert double.calls()["GetObject"] == attempts + 1
         assert double.calls()["StartQueryExecution"] == 1
-        third.stop()
+        assert await third.stop() == 0, third.log_tail()

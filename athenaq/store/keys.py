@@ -1,5 +1,6 @@
 """API keys and what each owner used: the statements, run inside a store operation
-(the limit checks inside a submit's or a transition's, on the driver: see driver.py).
+(on the driver, see driver.py: the lookup of a key and of its day's usage at each request,
+and the limit checks inside a submit's or a transition's).
 
 Lists (scopes, databases, workgroups, statements) are JSON text, the same on both
 databases; null means any.
@@ -83,7 +84,7 @@ def _set(text: str | None) -> frozenset[str] | None:
     return None if text is None else frozenset(json.loads(text))
 
 
-def _api_key(row: RowMapping) -> ApiKey:
+def _api_key(row: RowMapping | dict[str, Any]) -> ApiKey:
     caller = Caller(
         name=row["name"],
         scopes=frozenset(json.loads(row["scopes"])),
@@ -116,8 +117,8 @@ def insert_key(conn: Connection, caller: Caller, key_hash: str, now: datetime) -
     )
 
 
-def find_key(conn: Connection, key_hash: str) -> ApiKey | None:
-    row = conn.execute(_BY_HASH, {"key_hash": key_hash}).mappings().first()
+async def find_key(conn: DriverConnection, key_hash: str) -> ApiKey | None:
+    row = await conn.first(_BY_HASH, {"key_hash": key_hash})
     return _api_key(row) if row is not None else None
 
 
@@ -143,5 +144,5 @@ async def add_usage(conn: DriverConnection, owner: str, day: str, scanned_bytes:
     await conn.execute(upsert, {"owner": owner, "day": day, "data_scanned_bytes": scanned_bytes})
 
 
-def used(conn: Connection, owner: str, day: str) -> int:
-    return conn.execute(_USED, {"owner": owner, "day": day}).scalar_one_or_none() or 0
+async def used(conn: DriverConnection, owner: str, day: str) -> int:
+    return int(await conn.scalar(_USED, {"owner": owner, "day": day}) or 0)

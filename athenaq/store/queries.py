@@ -397,8 +397,8 @@ class Store:
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         """The key with this hash, revoked or not; None when there is none."""
-        async with Deadline(self.timeout):
-            return await greenlet_spawn(self._on_connection, keys.find_key, key_hash)
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await keys.find_key(conn, key_hash)
 
     async def list_keys(self) -> list[ApiKey]:
         """Every key, revoked ones too, by name."""
@@ -413,8 +413,8 @@ class Store:
     async def scanned_today(self, owner: str) -> int:
         """Bytes Athena scanned for `owner`'s queries that finished this UTC day."""
         day = utcnow().date().isoformat()
-        async with Deadline(self.timeout):
-            return await greenlet_spawn(self._on_connection, keys.used, owner, day)
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await keys.used(conn, owner, day)
 
     def _on_connection(self, operation: Callable[..., T], *args: Any) -> T:
         with self._sync.connect() as conn:

@@ -83,6 +83,9 @@ class AthenaConfig:
     # The longest one Athena or S3 call may take, its retries included (a result
     # object's body: the longest wait for its next bytes).
     call_timeout_seconds: float = 10.0
+    # Executions athenaq has running in Athena at once, across every process sharing the
+    # store; beyond it queries wait QUEUED for a slot, in a fair order across owners.
+    max_running: int = 20
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,11 @@ class AthenaSchema(_Section):
     )
     call_timeout_seconds = fields.Float(
         load_default=AthenaConfig.call_timeout_seconds, validate=validate.Range(min=0.1, max=600)
+    )
+    max_running = fields.Integer(
+        strict=True,
+        load_default=AthenaConfig.max_running,
+        validate=validate.Range(min=1, max=1_000_000),
     )
 
     loads_into = AthenaConfig

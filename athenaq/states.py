@@ -114,6 +114,9 @@ class QueryRecord:
     # The process that polls it and stores its results, and until when; None: nobody.
     lease_holder: str | None
     lease_expires_at: datetime | None
+    # When this run took one of athena.max_running's slots; None while it waits for one
+    # (only an admitted query is sent to Athena).
+    admitted_at: datetime | None = None
 
     @property
     def is_finished(self) -> bool:
@@ -121,8 +124,9 @@ class QueryRecord:
 
 
 # The fields of a QueryRecord that belong to one Athena execution: a refresh clears them,
-# so nothing of the old execution survives it.
+# so nothing of the old execution survives it (its Athena slot included).
 EXECUTION_FIELDS = (
+    "admitted_at",
     "athena_execution_id",
     "cancel_requested_at",
     "started_at",

@@ -21,6 +21,7 @@ import shutil
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, insert
 
 from athenaq.app import Service
 from athenaq.config import Config
@@ -38,7 +39,7 @@ from athenaq.states import QueryState
 from athenaq.store import SchemaError, Store
 from athenaq.store.database import open_engine, sqlite_path
 from athenaq.store.schema import MIGRATIONS, head
-from athenaq.store.tables import metadata
+from athenaq.store.tables import metadata, queries
 from tests.conftest import Client, _admin_params, make_config
 
 # Each test starts from a database with no schema, or writes an old release's itself.
@@ -172,8 +173,10 @@ async def test_a_release_database_is_upgraded_by_athenaq_migrate_and_served_unch
         " caused each transition, scanned bytes per day.",
         "athenaq migrate: applied revision 0003: Leases: the process that polls each"
         " unfinished query and stores its results.",
+        "athenaq migrate: applied revision 0004: Admission control: when each query's run"
+        " took an Athena slot, and each owner's latest turn.",
     ]
-    assert head() == "0003"
+    assert head() == "0004"
     assert await schema_differences(db_url) == []
     client = Client((await start_service(config)).url)
     answers = release("answers.json")
@@ -284,6 +287,79 @@ async def test_the_revisions_make_the_tables_the_store_defines(db_url: str) -> N
     finally:
         await engine.dispose()
     assert await schema_differences(db_url) == []
+
+
+async def upgrade_to(url: str, revision: str) -> None:
+    """Run the revisions up to `revision` on the database at `url`."""
+    engine = await open_engine(url, 1)
+    try:
+
+        def upgrade(sync: Connection) -> None:
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = sync
+            command.upgrade(config, revision)
+
+        async with engine.connect() as conn:
+            await conn.run_sync(upgrade)
+    finally:
+        await engine.dispose()
+
+
+async def test_queries_sent_before_admission_control_hold_slots_after_the_upgrade(
+    db_url: str,
+) -> None:
+    await upgrade_to(db_url, "0003")
+    submitted = datetime(2026, 12, 1, 12, 0, 0, 123456)
+    rows = {
+        "00000000-0000-4000-8000-000000000001": ("RUNNING", "e-running"),
+        "00000000-0000-4000-8000-000000000002": ("QUEUED", "e-sent"),
+        "00000000-0000-4000-8000-000000000003": ("QUEUED", None),
+        "00000000-0000-4000-8000-000000000004": ("SUCCEEDED", "e-done"),
+    }
+    engine = await open_engine(db_url, 1)
+    try:
+        async with engine.begin() as conn:
+            for n, (query_id, (state, execution)) in enumerate(rows.items()):
+                # The columns of revision 0003: no admitted_at yet.
+                await conn.execute(
+                    insert(queries),
+                    {
+                        "id": query_id,
+                        "query_text": "SELECT 1",
+                        "database_name": "default",
+                        "workgroup": "primary",
+                        "state": state,
+                        "athena_execution_id": execution,
+                        "submitted_at": submitted + timedelta(seconds=n),
+                        "updated_at": submitted,
+                    },
+                )
+    finally:
+        await engine.dispose()
+    store = await Store.connect(db_url, maxsize=2)
+    try:
+        change = await store.create_schema()
+        assert change.steps == (
+            "applied revision 0004: Admission control: when each query's run took an Athena"
+            " slot, and each owner's latest turn.",
+        )
+        assert await schema_differences(db_url) == []
+        admitted = {}
+        for query_id in rows:
+            record = await store.get(query_id)
+            assert record is not None
+            admitted[query_id] = record.admitted_at is not None
+        # The two sent to Athena hold slots; the one not sent waits; a finished one holds none.
+        assert list(admitted.values()) == [True, True, False, False]
+        waiting = list(rows)[2]
+        # Of three slots, the two sent hold two: the one left goes to the waiting query.
+        assert await store.admit(3) == [(waiting, None)]
+        assert await store.admit(3) == []
+        record = await store.get(waiting)
+        assert record is not None and record.admitted_at is not None
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("database", ["empty", "release"])

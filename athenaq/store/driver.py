@@ -105,6 +105,19 @@ class DriverConnection:
             await cursor.execute(prepared.sql, args)
             return prepared.row(await cursor.fetchone())
 
+    async def all(self, statement: ClauseElement, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every row of a SELECT, each as a dict by column."""
+        prepared = self._pool.prepared(statement, params)
+        args = prepared.args(params)
+        if self._pool.sqlite:
+            async with self._connection.execute(prepared.sql, args) as cursor:
+                found = await cursor.fetchall()
+        else:
+            async with self._connection.cursor() as cursor:
+                await cursor.execute(prepared.sql, args)
+                found = await cursor.fetchall()
+        return [row for row in map(prepared.row, found) if row is not None]
+
     async def scalar(self, statement: ClauseElement, params: dict[str, Any]) -> Any:
         """The first column of the first row, or None."""
         row = await self.first(statement, params)

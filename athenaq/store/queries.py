@@ -41,7 +41,7 @@ from athenaq.states import (
     QueryState,
     Transition,
 )
-from athenaq.store import keys, schema
+from athenaq.store import admission, keys, schema
 from athenaq.store.database import DEFAULT_CALL_TIMEOUT_SECONDS, open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
 from athenaq.store.outage import Deadline
@@ -387,6 +387,22 @@ class Store:
             )
             for row in rows
         ]
+
+    # -- admission control ------------------------------------------------------------
+
+    async def admit(self, cap: int) -> list[tuple[str, str | None]]:
+        """Give waiting queries (QUEUED, not admitted) the slots of `cap` that the
+        admitted and unfinished queries of every process leave free, in the fair order
+        across owners (athenaq/admission.py); one admission at a time across processes.
+        Returns each admitted query's id and lease holder: its holder sends it to Athena."""
+        async with Deadline(self.timeout), self._driver.transaction() as conn:
+            return await admission.admit(conn, cap, utcnow())
+
+    async def places_ahead(self, record: QueryRecord) -> int:
+        """How many waiting queries come before `record`, a waiting one, in the fair order
+        of admission: counted when asked, as no admission writes the waiting queries."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await admission.ahead(conn, record)
 
     # -- API keys and usage -------------------------------------------------------------
 

@@ -95,7 +95,13 @@ queries = Table(
     # (poller.lease_seconds after its last renewal); null: nobody, any process may claim it.
     Column("lease_holder", sqlite_text(String(128))),
     Column("lease_expires_at", Timestamp()),
-    Index("queries_state", "state"),
+    # When the current run took an Athena slot (athena.max_running); null while it waits
+    # for one, and for the releases before admission control (revision 0004).
+    Column("admitted_at", Timestamp()),
+    # The unfinished queries by state (the poller's claim); within them the admitted ones
+    # (counted at each admission) and the waiting ones, by owner, oldest first (the fair
+    # order of admission, and a waiting query's place in it).
+    Index("queries_admission", "state", "admitted_at", "owner", "submitted_at"),
     # An owner's unfinished queries are counted at each submit (max_running).
     Index("queries_owner_state", "owner", "state"),
     # A stopping process finds the queries it holds.
@@ -147,6 +153,30 @@ daily_usage = Table(
     Column("owner", sqlite_text(String(64)), primary_key=True),
     Column("day", sqlite_text(String(10)), primary_key=True),  # YYYY-MM-DD
     Column("data_scanned_bytes", sqlite_integer(BigInteger()), nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+# One row (id 1), locked by every admission (SELECT ... FOR UPDATE; on SQLite the write
+# transaction is the lock), so processes sharing the database admit in turn and never
+# give out more than athena.max_running slots together. `turns` numbers the slots given
+# out so far.
+admission = Table(
+    "admission",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=False),
+    Column("turns", sqlite_integer(BigInteger()), nullable=False, server_default=text("0")),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+# The turn of each owner's latest slot: owners level with each other take slots in turn
+# (athenaq/admission.py). One row per owner that ever had one.
+admission_turns = Table(
+    "admission_turns",
+    metadata,
+    Column("owner", sqlite_text(String(64)), primary_key=True),
+    Column("turn", sqlite_integer(BigInteger()), nullable=False),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )

@@ -17,6 +17,7 @@ import tornado.web
 from loguru import logger
 from tornado.netutil import bind_sockets
 
+from athenaq.admission import AdaptiveCap
 from athenaq.athena import Athena
 from athenaq.auth import AllowEveryone, ApiKeys, Authorizer
 from athenaq.config import EMBEDDED, Config, S3Config, ServerConfig
@@ -43,6 +44,10 @@ LOCAL_ENGINE_DIR = "_local_engine"
 # answers its own JSON 413 (BaseHandler), and Tornado's check would only append a bare 400
 # to that answer.
 UNLIMITED_BODY = 2**62
+# Athena's throttling of a start halves athena.max_running for this process, at most once
+# per poll interval (the starts of one round are throttled together); each this many
+# intervals without a throttle raise it back by one.
+CAP_QUIET_INTERVALS = 10
 
 
 def make_app(ctx: Context, cors_origins: frozenset[str] = frozenset()) -> tornado.web.Application:
@@ -134,7 +139,13 @@ class Service:
                 store_retry=timedelta(minutes=config.results.store_retry_minutes),
                 lease=self.lease,
             )
-            launcher = Launcher(store, athena, machine, self.tasks)
+            interval = config.poller.interval_seconds
+            cap = AdaptiveCap(
+                config.athena.max_running,
+                hold_seconds=interval,
+                quiet_seconds=CAP_QUIET_INTERVALS * interval,
+            )
+            launcher = Launcher(store, athena, machine, self.tasks, cap=cap, lease=self.lease)
             poller = Poller(
                 store,
                 athena,

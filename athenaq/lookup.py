@@ -3,6 +3,9 @@ nothing; the machine is the only writer."""
 
 from __future__ import annotations
 
+import dataclasses
+
+from athenaq.admission import WAITING_REASON
 from athenaq.errors import QueryCancelled, QueryFailed, QueryNotFound, QueryRunning, ResultsMissing
 from athenaq.identity import Caller
 from athenaq.results import ResultFiles, ResultReader
@@ -28,6 +31,19 @@ class Lookup:
         record = await self.store.get(query_id)
         if record is None or (caller is not None and not caller.owns(record.owner)):
             raise QueryNotFound(query_id)
+        return record
+
+    async def status(self, query_id: str, caller: Caller) -> QueryRecord:
+        """The query as `get` gives it; one waiting for an Athena slot says so in its
+        `state_reason`, with its place in the fair order of admission, counted now."""
+        record = await self.get(query_id, caller)
+        if (
+            record.state == QueryState.QUEUED
+            and record.admitted_at is None
+            and record.athena_execution_id is None
+        ):
+            ahead = await self.store.places_ahead(record)
+            record = dataclasses.replace(record, state_reason=WAITING_REASON.format(ahead=ahead))
         return record
 
     async def open_results(self, query_id: str, caller: Caller) -> tuple[QueryRecord, ResultReader]:

@@ -156,9 +156,7 @@ class Poller:
         if self._store_backoff:
             logger.info("the store answers again; polling resumes")
             self._store_backoff = 0.0
-        for record in records:
-            if record.athena_execution_id is None:
-                self.launcher.launch_soon(record.id)
+        self.launcher.resume(records)
         self._forget_retries({r.athena_execution_id for r in records})
         now = time.monotonic()
         watched = {
@@ -199,6 +197,7 @@ class Poller:
                 return
         if stored:
             self._store_retries.pop(execution.execution_id, None)
+            self.launcher.slot_freed()
         else:
             self._retry_store_later(execution.execution_id)
 

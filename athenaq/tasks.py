@@ -26,13 +26,20 @@ class TaskRegistry:
         """Run `work` as its own task unless one of `kind` for `key` is under way; False
         (and `work` closed unstarted) then."""
         name = (kind, key)
-        if name in self._tasks:
+        earlier = self._tasks.get(name)
+        # A task that has just ended is still listed until its done callback runs: it is
+        # under way no more, and a new one may start.
+        if earlier is not None and not earlier.done():
             work.close()
             return False
         task = asyncio.ensure_future(self._run(kind, key, work))
         self._tasks[name] = task
-        task.add_done_callback(lambda _: self._tasks.pop(name, None))
+        task.add_done_callback(lambda ended: self._forget(name, ended))
         return True
+
+    def _forget(self, name: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._tasks.get(name) is task:
+            del self._tasks[name]
 
     @staticmethod
     async def _run(kind: str, key: str, work: Coroutine[Any, Any, None]) -> None:

@@ -72,7 +72,7 @@ class StatusHandler(BaseHandler):
     required_scope = READ
 
     async def get(self, segment: str) -> None:
-        record = await self.lookup.get(self.query_id(segment), self.caller)
+        record = await self.lookup.status(self.query_id(segment), self.caller)
         self.write_json(STATUS.dump(record))
 
     def compute_etag(self) -> None:

@@ -223,6 +223,9 @@ class ScriptedEngine(Engine):
         self._stalling: set[str] = set()  # executions whose start answer start_stall_ms holds
         self._throttled: dict[str, int] = {}  # SQL text -> start_throttle answers given
         self._calls: dict[str, int] = {}
+        # With max_running: the most executions queued or running at once, and the starts
+        # refused for want of room.
+        self._peak = self._refused = 0
         self._s3_released: set[str] = set()  # executions whose s3_stall_after was released
         self._s3_held: dict[str, int] = {}  # GetObject replies now held at the stall
         # Held objects wait on these, on the endpoint's loop; release_s3 opens them.
@@ -234,6 +237,16 @@ class ScriptedEngine(Engine):
     def calls(self) -> dict[str, int]:
         with self._lock:
             return dict(self._calls)
+
+    def peak_active(self) -> int:
+        """With max_running: the most executions queued or running at once so far."""
+        with self._lock:
+            return self._peak
+
+    def refused_starts(self) -> int:
+        """With max_running: the starts refused (TooManyRequestsException) for want of room."""
+        with self._lock:
+            return self._refused
 
     def execution(self, execution_id: str) -> Json:
         with self._lock:
@@ -288,6 +301,7 @@ class ScriptedEngine(Engine):
                 table.clear()
             self._stalling.clear()
             self._s3_released.clear()
+            self._peak = self._refused = 0
             self._s3_held.clear()
 
     # The wire layer's side.
@@ -339,7 +353,9 @@ class ScriptedEngine(Engine):
             if self.max_running is not None:
                 active = sum(e.state(now) in ACTIVE for e in self._executions.values())
                 if active >= self.max_running:
+                    self._refused += 1
                     raise TooManyQueries(f"{active} queries are queued or running")
+                self._peak = max(self._peak, active + 1)
             query_id = str(uuid.uuid4())
             bucket, key = result_location(output_location or DEFAULT_OUTPUT, query_id)
             self._executions[query_id] = _Scripted(
@@ -455,6 +471,7 @@ class AthenaDouble:
         # The engine's test side, callable from any thread.
         self.calls, self.execution, self.reset = engine.calls, engine.execution, engine.reset
         self.executions = engine.executions
+        self.peak_active, self.refused_starts = engine.peak_active, engine.refused_starts
         self.release, self.release_s3, self.s3_held = (
             engine.release,
             engine.release_s3,

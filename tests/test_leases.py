@@ -23,8 +23,11 @@ QUERIES = 60
 
 
 def leased(config: Config, lease_seconds: float = 5.0) -> Config:
+    # Room in Athena for every query a test holds running (athena.max_running).
     return dataclasses.replace(
-        config, poller=dataclasses.replace(config.poller, lease_seconds=lease_seconds)
+        config,
+        poller=dataclasses.replace(config.poller, lease_seconds=lease_seconds),
+        athena=dataclasses.replace(config.athena, max_running=QUERIES),
     )
 
 

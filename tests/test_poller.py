@@ -4,6 +4,7 @@ one query's download never holds up the others."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -56,7 +57,13 @@ async def test_without_batch_support_it_asks_per_query(
         await service.stop()
 
 
-async def test_more_than_fifty_queries_run_at_once(client: Client, double: AthenaDouble) -> None:
+async def test_more_than_fifty_queries_run_at_once(
+    config: Config, double: AthenaDouble, start_service: Callable[[Config], Awaitable[Service]]
+) -> None:
+    # Room in Athena for all of them (athena.max_running is 20 by default).
+    athena = dataclasses.replace(config.athena, max_running=60)
+    service = await start_service(dataclasses.replace(config, athena=athena))
+    client = Client(service.url)
     ids = await asyncio.gather(*(client.submit(HELD.format(n=n)) for n in range(60)))
 
     async def all_running() -> list[dict] | None:

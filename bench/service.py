@@ -74,6 +74,8 @@ SETTLE_PROBE_SECONDS = 0.02
 POOL_SIZE = 10
 # The poller ticks at start, then after this long: never during a run of default size.
 DEFAULT_POLLER_INTERVAL = 3600.0
+# athena.max_running: more than a run submits, as no tick frees a slot during it.
+MAX_RUNNING = 1_000_000
 
 
 # --- the bare server -------------------------------------------------------------------
@@ -760,8 +762,12 @@ def report(
 
 
 def athenaq_config(
-    work: Path, db_url: str, endpoint: str, args: argparse.Namespace
+    work: Path, db_url: str, endpoint: str, args: argparse.Namespace, *, capped: bool = True
 ) -> dict[str, Any]:
+    """`capped`: give athena.max_running (a baseline from before admission control lacks
+    the key). Room for every submit of the run: the poller does not tick to free slots,
+    and the measure is of the request path, an admission per submit included."""
+    athena: dict[str, Any] = {"max_running": MAX_RUNNING} if capped else {}
     return {
         "server": {"host": "127.0.0.1", "port": 0},
         "database": {"url": db_url},
@@ -771,6 +777,7 @@ def athenaq_config(
             "workgroup": "primary",
             "output_location": "s3://athenaq-bench/results/",
             "endpoint_url": endpoint,
+            **athena,
         },
         "s3": {"endpoint_url": endpoint},
         "results": {"dir": str(work / "results")},
@@ -816,7 +823,9 @@ async def run(processes: Processes, work: Path, args: argparse.Namespace) -> str
             # Another commit's athenaq, from its source tree, on a database of its own.
             baseline_db = f"{args.db}/{names[-1]}"
             config = work / "baseline.json"
-            config.write_text(json.dumps(athenaq_config(work, baseline_db, endpoint, args)))
+            capped = args.baseline_capped
+            document = athenaq_config(work, baseline_db, endpoint, args, capped=capped)
+            config.write_text(json.dumps(document))
             log = work / "baseline.log"
             child = processes.start(
                 [sys.executable, "-m", "athenaq", "--config", str(config)],
@@ -872,6 +881,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="also measure the athenaq of this source tree (another commit, e.g. from"
         " `git worktree add`) in the same rounds, on a database of its own",
+    )
+    parser.add_argument(
+        "--baseline-capped",
+        action="store_true",
+        help="the baseline knows athena.max_running (a commit with admission control)",
     )
     args = parser.parse_args(argv)
     if args.baseline:

@@ -141,7 +141,7 @@ class Launcher:
             if current is None or current.state != QueryState.QUEUED or current.athena_execution_id:
                 return
             if current.admitted_at is None:
-                self.admit_soon()  # given back or never admitted: it waits for a slot
+                self.admit_soon()  # not admitted yet: an admission sends it when it is
                 return
             token = f"athenaq-{current.id}-{current.run}"
             try:

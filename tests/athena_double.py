@@ -23,7 +23,8 @@ Athena and its answer looks like; a repeated token is answered at once). A cell 
 The result object `<OutputLocation><QueryExecutionId>.csv` of a SUCCEEDED query is in
 Athena's CSV form: header first, every value double-quoted with `""` for a quote, NULL
 an empty unquoted field. It also runs as a program (``python tests/athena_double.py
---port 8765``) for CI, benchmarks and manual testing.
+--port 8765``) for CI, benchmarks and manual testing; there SIGUSR1 ends every active
+query SUCCEEDED at once.
 """
 
 from __future__ import annotations
@@ -276,6 +277,15 @@ class ScriptedEngine(Engine):
                     reason = "released as FAILED by the test"
                 e.finish(State(state), reason, now)
             return e.state(now).value
+
+    def release_all(self) -> int:
+        """End every active query SUCCEEDED at once; returns how many."""
+        with self._lock:
+            now = time.monotonic()
+            active = [e for e in self._executions.values() if e.state(now) in ACTIVE]
+            for e in active:
+                e.finish(State.SUCCEEDED, None, now)
+            return len(active)
 
     def release_s3(self, execution_id: str) -> None:
         """Let the execution's result object, held by s3_stall_after, go on: a held
@@ -551,6 +561,8 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # A benchmark holds its queries ("hold") while it measures, then lets them all finish.
+    loop.add_signal_handler(signal.SIGUSR1, double.engine.release_all)
     await double.serve(
         args.host,
         args.port,

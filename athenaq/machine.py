@@ -246,41 +246,66 @@ class Machine:
 
     # -- what the poller reports ------------------------------------------------------
 
-    async def observe(self, query_id: str, execution: Execution) -> bool:
+    async def observe(
+        self, query_id: str, execution: Execution, known: QueryRecord | None = None
+    ) -> QueryRecord | None:
         """Feed Athena's view of the query's current execution into the machine.
 
-        Returns True when Athena says SUCCEEDED and the results must be stored."""
+        `known` is the query as the caller read it a moment ago (the poller's claim): the
+        move is tried on it without reading the query again, and only a lost
+        compare-and-set (another writer changed it since) costs a read and a second try.
+        Returns the query as it now stands when Athena says SUCCEEDED and the results
+        must be stored; None otherwise."""
+        execution_id = execution.execution_id
         async with self.lock(query_id):
-            current = await self._tracking(query_id, execution.execution_id)
+            if known is not None and _tracks(known, execution_id):
+                try:
+                    return await self._observed(known, execution)
+                except _RaceLost:
+                    pass  # another writer changed it since: read it and decide again
+            current = await self._tracking(query_id, execution_id)
             if current is None:
-                return False  # a stale observation: refreshed or finished meanwhile
-            if execution.state in (Q.RUNNING, Q.SUCCEEDED) and current.state == Q.QUEUED:
-                current = await self.apply(
-                    current,
-                    Event.RUN,
-                    by=POLLER,
-                    reason=f"Athena reports {execution.state}",
-                    changes={"started_at": utcnow()},
-                )
-                if current is None:
-                    return False
-            if execution.state == Q.SUCCEEDED:
-                return True
-            if execution.state == Q.FAILED:
-                reason = execution.reason or "failed in Athena"
-                await self.apply(
-                    current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
-                )
-            elif execution.state == Q.CANCELLED:
-                reason = (
-                    "cancelled by client"
-                    if current.cancel_requested_at
-                    else "cancelled in Athena, outside athenaq"
-                )
-                await self.apply(
-                    current, Event.CANCEL, by=POLLER, reason=reason, changes=execution.statistics
-                )
-            return False
+                return None  # a stale observation: refreshed or finished meanwhile
+            try:
+                return await self._observed(current, execution)
+            except _RaceLost:
+                return None  # the next tick sees what the other writer made of it
+
+    async def _observed(self, current: QueryRecord, execution: Execution) -> QueryRecord | None:
+        """Apply Athena's view to `current`: the record to store results for (SUCCEEDED),
+        None when nothing more is to be done; _RaceLost when the compare-and-set lost."""
+        if execution.state in (Q.RUNNING, Q.SUCCEEDED) and current.state == Q.QUEUED:
+            running = await self.apply(
+                current,
+                Event.RUN,
+                by=POLLER,
+                reason=f"Athena reports {execution.state}",
+                changes={"started_at": utcnow()},
+            )
+            if running is None:
+                raise _RaceLost
+            current = running
+        if execution.state == Q.SUCCEEDED:
+            return current
+        if execution.state == Q.FAILED:
+            reason = execution.reason or "failed in Athena"
+            moved = await self.apply(
+                current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
+            )
+        elif execution.state == Q.CANCELLED:
+            reason = (
+                "cancelled by client"
+                if current.cancel_requested_at
+                else "cancelled in Athena, outside athenaq"
+            )
+            moved = await self.apply(
+                current, Event.CANCEL, by=POLLER, reason=reason, changes=execution.statistics
+            )
+        else:
+            return None
+        if moved is None:
+            raise _RaceLost
+        return None
 
     async def execution_lost(self, query_id: str, execution_id: str, message: str) -> None:
         """Athena no longer knows the execution (expired history): the query cannot finish."""
@@ -294,8 +319,13 @@ class Machine:
                     changes={"completed_at": utcnow()},
                 )
 
-    async def store_results(self, query_id: str, execution: Execution) -> bool:
+    async def store_results(
+        self, query_id: str, execution: Execution, known: QueryRecord | None = None
+    ) -> bool:
         """Store a SUCCEEDED execution's results, then (and only then) set SUCCEEDED.
+
+        `known` is the query as `observe` left it: SUCCEEDED is tried on it without a
+        read, and a lost compare-and-set reads the query again.
 
         The ingest holds no lock: cancels, refreshes and other queries go on meanwhile.
         Returns False when the results could not be written (a full or unwritable disk):
@@ -329,7 +359,10 @@ class Machine:
         }
         async with self.lock(query_id):
             for _ in range(RACE_RETRIES):
-                current = await self._tracking(query_id, execution_id)
+                if known is not None and _tracks(known, execution_id):
+                    current, known = known, None
+                else:
+                    current = await self._tracking(query_id, execution_id)
                 if current is None:
                     break
                 # A lost compare-and-set means another writer touched the row (a cancel
@@ -384,9 +417,16 @@ class Machine:
     async def _tracking(self, query_id: str, execution_id: str) -> QueryRecord | None:
         """The query as stored, if it is unfinished and its execution is `execution_id`."""
         current = await self.store.get(query_id)
-        if current is None or current.is_finished or current.athena_execution_id != execution_id:
-            return None
-        return current
+        return current if current is not None and _tracks(current, execution_id) else None
+
+
+class _RaceLost(Exception):
+    """A compare-and-set lost: another writer changed the query since it was read."""
+
+
+def _tracks(record: QueryRecord, execution_id: str) -> bool:
+    """Whether `record` is unfinished with `execution_id` as its current execution."""
+    return not record.is_finished and record.athena_execution_id == execution_id
 
 
 def _failing_since(reason: str | None) -> datetime | None:

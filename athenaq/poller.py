@@ -28,10 +28,14 @@ from athenaq.athena import BATCH_LIMIT, Athena, AthenaCallError, Execution
 from athenaq.errors import StoreUnavailable
 from athenaq.launcher import Launcher
 from athenaq.machine import Machine
-from athenaq.states import Lease, QueryRecord
+from athenaq.states import Lease, QueryRecord, QueryState
 from athenaq.store import Store
 from athenaq.tasks import TaskRegistry
 
+Q = QueryState
+# A worker of `_bounded` lets other callbacks run at least this often (seconds): the
+# loop is never held much longer by a tick over thousands of queries.
+YIELD_SECONDS = 0.005
 # A status call may take one interval, but at least this long (an interval of a few ms
 # would time out healthy calls) and at most athena.call_timeout_seconds.
 MIN_STATUS_DEADLINE_SECONDS = 1.0
@@ -72,6 +76,7 @@ class Poller:
         self.tasks = tasks
         self.interval_seconds = interval_seconds
         self.lease = lease
+        self.max_calls = max_calls
         self._calls = asyncio.Semaphore(max_calls)
         self._download_slots = asyncio.Semaphore(max_downloads)
         self._callback: PeriodicCallback | None = None
@@ -168,7 +173,13 @@ class Poller:
         }
         if watched:
             executions, missing = await self._fetch(list(watched))
-            await self._bounded(self._observe(watched[e.execution_id], e) for e in executions)
+            # Only what Athena changed goes to the machine: a query Athena still reports
+            # as the claim read it costs no lock, no read and no write.
+            await self._bounded(
+                self._observe(watched[e.execution_id], e)
+                for e in executions
+                if _changed(watched[e.execution_id], e)
+            )
             await self._bounded(
                 self.machine.execution_lost(watched[i].id, i, message) for i, message in missing
             )
@@ -181,13 +192,14 @@ class Poller:
         )
 
     async def _observe(self, record: QueryRecord, execution: Execution) -> None:
-        if await self.machine.observe(record.id, execution):
-            self.tasks.spawn(DOWNLOAD, record.id, self._download(record.id, execution))
+        if current := await self.machine.observe(record.id, execution, record):
+            self.tasks.spawn(DOWNLOAD, record.id, self._download(current, execution))
 
-    async def _download(self, query_id: str, execution: Execution) -> None:
+    async def _download(self, record: QueryRecord, execution: Execution) -> None:
+        query_id = record.id
         async with self._download_slots:
             try:
-                stored = await self.machine.store_results(query_id, execution)
+                stored = await self.machine.store_results(query_id, execution, record)
             except Exception:
                 logger.exception(
                     "storing results failed; the next poll tries again",
@@ -240,30 +252,45 @@ class Poller:
         singles: list[str] = []
         # A bare 5xx from the batch call: moto's answer for the call it lacks, or an error
         # page of something in between. Asking per id tells which.
-        probing = False
-        if self.athena.has_batch:
-            for start in range(0, len(execution_ids), BATCH_LIMIT):
-                chunk = execution_ids[start : start + BATCH_LIMIT]
-                try:
-                    async with asyncio.timeout(self.status_deadline):
-                        found, unprocessed = await self.athena.batch_get(chunk)
-                except TimeoutError:
+        probing = passing = False
+
+        async def get_batch(chunk: list[str]) -> None:
+            nonlocal probing, passing
+            if passing:
+                return  # the endpoint is out of reach or busy: the next tick asks again
+            if not self.athena.has_batch:
+                singles.extend(chunk)
+                return
+            try:
+                async with asyncio.timeout(self.status_deadline):
+                    found, unprocessed = await self.athena.batch_get(chunk)
+            except TimeoutError:
+                if not passing:
                     logger.warning("batch status call timed out", seconds=self.status_deadline)
-                    return executions, []  # the next tick asks again
-                except AthenaCallError as exc:
-                    probing = exc.is_unexplained
-                    if not (exc.lacks_operation or exc.is_client_error or probing):
-                        return executions, []  # passing: the next tick asks again
-                    # No batch call there, a batch refused, or a bare 5xx to tell apart:
-                    # each id gets its own answer.
-                    singles.extend(execution_ids[start:])
-                    break
-                executions.extend(found)
-                singles.extend(unprocessed)
-        else:
-            singles = execution_ids
+                passing = True
+                return
+            except AthenaCallError as exc:
+                probing = probing or exc.is_unexplained
+                if not (exc.lacks_operation or exc.is_client_error or exc.is_unexplained):
+                    passing = True  # the next tick asks again
+                    return
+                # No batch call there, a batch refused, or a bare 5xx to tell apart:
+                # each id gets its own answer.
+                singles.extend(chunk)
+                return
+            executions.extend(found)
+            singles.extend(unprocessed)
+
+        # The batches go out together (at most max_calls at once): a tick over thousands
+        # of queries takes a few round trips, not one per 50 queries.
+        await self._bounded(
+            get_batch(execution_ids[start : start + BATCH_LIMIT])
+            for start in range(0, len(execution_ids), BATCH_LIMIT)
+        )
+        if passing:
+            return executions, []
         missing: list[tuple[str, str]] = []
-        answered = passing = False
+        answered = False
 
         async def get_one(execution_id: str) -> None:
             nonlocal answered, passing
@@ -287,13 +314,32 @@ class Poller:
         return executions, missing
 
     async def _bounded(self, works: Iterable[Awaitable[None]]) -> None:
-        """Run `works` concurrently, at most `max_calls` at a time, logging each failure."""
+        """Run `works` concurrently, at most `max_calls` at a time, logging each failure.
 
-        async def guarded(work: Awaitable[None]) -> None:
-            async with self._calls:
-                try:
-                    await work
-                except Exception:
-                    logger.exception("poller step failed")
+        A fixed pool of workers takes them one at a time from the iterable, so thousands
+        of works never make thousands of tasks at once, and each worker lets the loop run
+        other callbacks at least every YIELD_SECONDS (works that finish without waiting,
+        one after another, would hold it otherwise)."""
+        pending = iter(works)
 
-        await asyncio.gather(*(guarded(w) for w in works))
+        async def worker() -> None:
+            resumed = time.perf_counter()
+            for work in pending:
+                async with self._calls:
+                    try:
+                        await work
+                    except Exception:
+                        logger.exception("poller step failed")
+                if time.perf_counter() - resumed > YIELD_SECONDS:
+                    await asyncio.sleep(0)
+                    resumed = time.perf_counter()
+
+        await asyncio.gather(*(worker() for _ in range(self.max_calls)))
+
+
+def _changed(record: QueryRecord, execution: Execution) -> bool:
+    """Whether Athena's view of the execution moves the query: RUNNING for a QUEUED one,
+    or an end. QUEUED for a RUNNING one (a transient error in Athena) moves nothing."""
+    if execution.state == Q.RUNNING:
+        return record.state == Q.QUEUED
+    return execution.state != Q.QUEUED

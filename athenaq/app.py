@@ -131,7 +131,7 @@ class Service:
                 store,
                 athena,
                 results,
-                Ingest(athena, results),
+                Ingest(athena, results, config.results.first_page_rows),
                 lookup,
                 Policy(store),
                 database=config.athena.database,

@@ -137,6 +137,20 @@ class Execution:
         }
 
 
+@dataclass(frozen=True)
+class FirstPage:
+    """A result's first GetQueryResults page: columns and rows, the columns' labels, and
+    whether it is the whole result."""
+
+    page: ResultPage
+    labels: list[str]
+    whole: bool
+
+    @property
+    def columns(self) -> list[Column]:
+        return self.page.columns or []
+
+
 def _naive_utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
@@ -402,15 +416,24 @@ class Athena:
                 if not reading.cancelled():
                     reading.exception()  # retrieved: the read's own error is of no use now
 
-    async def result_columns(self, execution_id: str) -> tuple[list[Column], list[str]]:
-        """The result's columns (name, type) and labels, from a one-row GetQueryResults:
-        the CSV object's header row holds names only."""
+    async def first_page(self, execution_id: str, rows: int) -> FirstPage:
+        """The first GetQueryResults page of at most `rows` rows (Athena counts the
+        header row among them): the result's columns (name, type) and labels, which the
+        CSV object's header row lacks, and the rows, whole when the page is the last."""
         response = await self._call(
-            "get_query_results", QueryExecutionId=execution_id, MaxResults=1
+            "get_query_results", QueryExecutionId=execution_id, MaxResults=rows
         )
-        info = response.get("ResultSet", {}).get("ResultSetMetadata", {}).get("ColumnInfo", [])
+        result_set = response.get("ResultSet", {})
+        info = result_set.get("ResultSetMetadata", {}).get("ColumnInfo", [])
         columns = [Column(name=c["Name"], type=c.get("Type", "varchar")) for c in info]
-        return columns, [c.get("Label", c["Name"]) for c in info]
+        labels = [c.get("Label", c["Name"]) for c in info]
+        values = [_cells(row) for row in result_set.get("Rows", [])]
+        # A SELECT's first row repeats the column names; DDL results have none.
+        if values and values[0] == labels:
+            values = values[1:]
+        return FirstPage(
+            ResultPage(columns=columns, rows=values), labels, not response.get("NextToken")
+        )
 
     async def _get_object(self, location: str, bucket: str, key: str) -> Any:
         """The body of an S3 GetObject, to be read and closed by the caller."""

@@ -99,6 +99,9 @@ class ResultsConfig:
     # How long a result that cannot be written (a full or unwritable disk) is tried
     # again, from its first failure, before its query is FAILED.
     store_retry_minutes: float = 60.0
+    # A result whose first GetQueryResults page of this many rows (its header row
+    # included) holds it whole is stored from that page alone; 0: always from S3.
+    first_page_rows: int = 100
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,12 @@ class ResultsSchema(_Section):
     store_retry_minutes = _Minutes(
         load_default=ResultsConfig.store_retry_minutes,
         validate=validate.Range(min=0, max=7 * 24 * 60),
+    )
+    # GetQueryResults' MaxResults is 1 to 1000.
+    first_page_rows = fields.Integer(
+        strict=True,
+        load_default=ResultsConfig.first_page_rows,
+        validate=validate.Range(min=0, max=1000),
     )
 
     loads_into = ResultsConfig

@@ -1,10 +1,13 @@
 """The ingest: a SUCCEEDED execution's results, read from Athena and written as result
 files. It writes no state: the machine decides what the outcome means for the query.
 
-The S3 result object is the fast way: it already is the stored form, so its bytes are
-copied. When it cannot be used, even after some of it was written (an object cut off
-shows only at its end), the write starts over from GetQueryResults. A result directory is
-renamed into place only once complete, so the result served never mixes the two sources.
+The first GetQueryResults page comes first, for the column types the CSV object lacks. A
+result it holds whole (most results of a few rows) is stored from it alone: one Athena
+call, no S3 request. For any other, the S3 result object is the fast way: it already is
+the stored form, so its bytes are copied. When it cannot be used, even after some of it
+was written (an object cut off shows only at its end), the write starts over from
+GetQueryResults. A result directory is renamed into place only once complete, so the
+result served never mixes the two sources.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from athenaq.athena import Athena, Execution, ResultObjectUnreadable
+from athenaq.athena import Athena, Execution, FirstPage, ResultObjectUnreadable
 from athenaq.results import MalformedResult, ResultFiles
 
 
@@ -29,18 +32,26 @@ class Stored:
 class Ingest:
     """Reads results from Athena (S3 or GetQueryResults) into the results folder."""
 
-    def __init__(self, athena: Athena, results: ResultFiles) -> None:
+    def __init__(self, athena: Athena, results: ResultFiles, first_page_rows: int = 100) -> None:
         self.athena = athena
         self.results = results
+        # The rows of the first page asked for (header row included); 0: always from S3,
+        # the first page then being one row, for the column types only.
+        self.first_page_rows = first_page_rows
 
     async def store(self, query_id: str, execution: Execution) -> Stored:
         """Write the execution's result files. Raises AthenaCallError when Athena cannot
         give the results, OSError when they cannot be written."""
         execution_id = execution.execution_id
         started = time.monotonic()
+        first = await self.athena.first_page(execution_id, self.first_page_rows or 1)
         try:
-            rows = await self._copy_object(query_id, execution)
-            source = "s3"
+            if first.whole and self.first_page_rows:
+                rows = await self.results.write_page(query_id, execution_id, first.page)
+                source = "api"
+            else:
+                rows = await self._copy_object(query_id, execution, first)
+                source = "s3"
         except ResultObjectUnreadable as exc:
             logger.warning(
                 "result object unreadable; reading the results through GetQueryResults",
@@ -64,13 +75,12 @@ class Ingest:
         )
         return Stored(rows, source)
 
-    async def _copy_object(self, query_id: str, execution: Execution) -> int:
+    async def _copy_object(self, query_id: str, execution: Execution, first: FirstPage) -> int:
         """Store the result object's bytes; ResultObjectUnreadable if they cannot be used."""
-        columns, labels = await self.athena.result_columns(execution.execution_id)
         chunks = self.athena.object_chunks(execution)
         try:
             return await self.results.copy_csv(
-                query_id, execution.execution_id, columns, labels, chunks
+                query_id, execution.execution_id, first.columns, first.labels, chunks
             )
         except MalformedResult as exc:
             location = execution.output_location or ""

@@ -20,7 +20,8 @@ directory is written under a temporary name and renamed in one
 step, so a reader sees a whole result or none, a crash leaves only a temporary
 directory (which `prepare` removes), and a refreshed query never finds its old
 result under the new name. All file I/O but the opening and the closing of a
-result's files (see _Files) runs on worker threads, in batches.
+result's files (see _Files) runs on worker threads, in batches; a result small enough to
+come in one page is written in one trip to a worker thread.
 """
 
 from __future__ import annotations
@@ -102,6 +103,30 @@ class ResultFiles:
         """Write every page of rows (GetQueryResults') to the execution's result; returns
         the row count."""
         return await self._write(query_id, execution_id, _RowWriter, pages)
+
+    async def write_page(self, query_id: str, execution_id: str, page: ResultPage) -> int:
+        """Write a result given whole in one page (a first GetQueryResults page that is
+        also the last): the same files as `write` makes of it, written, synced and renamed
+        into place in one trip to a worker thread. Returns the row count."""
+        return await _to_thread_whole(self._write_page, self.path(query_id, execution_id), page)
+
+    def _write_page(self, final: Path, page: ResultPage) -> int:
+        temp = self.directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            temp.mkdir()
+            writer = _RowWriter(temp)
+            try:
+                writer._open(page.columns or [])
+                writer._add(page)
+                rows = writer._finish()
+            finally:
+                if writer.files is not None:
+                    writer.files.close()
+            _publish(temp, final)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return rows
 
     async def copy_csv(
         self,

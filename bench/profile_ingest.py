@@ -3,7 +3,7 @@
     python bench/profile_ingest.py --rows 1000000
 
 Runs the benchmark's SQL (bench/results.py) on an in-process local engine, then times, on
-the same result object: the raw streamed GetObject; `Athena.result_columns` (the one-row
+the same result object: the raw streamed GetObject; `Athena.first_page` (the one-row
 GetQueryResults for the column types); `Athena.object_chunks` (the read as the server
 runs it, the next chunk read while one is handled); the whole `ResultFiles.copy_csv`
 (what the server does with the chunks: scan, write, sync, rename); and, on one thread
@@ -78,8 +78,9 @@ async def profile(rows: int, work: Path) -> None:
             report("raw GetObject, streamed", started)
 
             started = time.perf_counter()
-            columns, labels = await athena.result_columns(execution_id)
-            report("result_columns: GetQueryResults, MaxResults=1", started)
+            first = await athena.first_page(execution_id, 1)
+            columns, labels = first.columns, first.labels
+            report("first_page: GetQueryResults, MaxResults=1", started)
 
             started = time.perf_counter()
             read = 0

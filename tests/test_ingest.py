@@ -1,7 +1,9 @@
 """Results ingested from the result object in S3, and the fall back to GetQueryResults,
 through a running service over HTTP: the double (its Athena and S3 endpoint, whatever
 ATHENAQ_TEST_ATHENA says, since these tests ask for it) scripts what S3 answers; the
-local engine runs real SQL and serves real result objects."""
+local engine runs real SQL and serves real result objects. Every result here takes the S3
+path, however small (`results.first_page_rows` 0): a result stored from its first
+GetQueryResults page alone has its own tests (test_first_page.py)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,18 @@ TRICKY_ROWS: list[list[Any]] = [
 ]
 TRICKY_EXPECTED = [["10", BIG_UNIT * BIG_TIMES] if row[0] == "10" else row for row in TRICKY_ROWS]
 TRICKY_COLUMNS = [{"name": "n", "type": "integer"}, {"name": "s", "type": "varchar"}]
+
+
+def from_s3(config: Config) -> Config:
+    """`config`, with every result read from S3 (or its fall back), however small."""
+    return dataclasses.replace(
+        config, results=dataclasses.replace(config.results, first_page_rows=0)
+    )
+
+
+@pytest.fixture
+def config(config: Config) -> Config:
+    return from_s3(config)
 
 
 def scripted(**script: Any) -> str:
@@ -176,7 +190,7 @@ async def test_real_sql_round_trip_either_path(
     start_service: StartService,
     source: str,
 ) -> None:
-    config = make_config(db_url, engine.url, tmp_path / "results")
+    config = from_s3(make_config(db_url, engine.url, tmp_path / "results"))
     if source == "api":
         # An S3 endpoint that has no such object: the service must read through Athena.
         config = dataclasses.replace(config, s3=S3Config(endpoint_url=double.url))
@@ -192,7 +206,7 @@ async def test_real_sql_round_trip_either_path(
 async def test_real_sql_zero_rows_from_s3(
     engine: LocalEngine, db_url: str, tmp_path: Path, start_service: StartService
 ) -> None:
-    config = make_config(db_url, engine.url, tmp_path / "results")
+    config = from_s3(make_config(db_url, engine.url, tmp_path / "results"))
     client = Client((await start_service(config)).url)
     query_id = await client.submit("SELECT 1 AS n WHERE false")
     status = await finished(client, query_id)

@@ -71,10 +71,11 @@ async def test_three_processes_poll_and_download_each_query_once(
         double.release(execution)
     for query_id in held:
         await clients[0].wait_state(query_id, "SUCCEEDED")
-    # One start per query, one download per query (the result object read once).
+    # One start per query, one download per query (the one-row result read once, from
+    # its first GetQueryResults page).
     calls = double.calls()
     assert calls["StartQueryExecution"] == QUERIES
-    assert calls["GetObject"] == QUERIES
+    assert calls["GetQueryResults"] == QUERIES
 
 
 async def test_a_stopping_process_hands_its_queries_over_at_once(
@@ -101,7 +102,7 @@ async def test_a_stopping_process_hands_its_queries_over_at_once(
         await store.close()
     double.release(str(running["athena_query_execution_id"]))
     await Client(second.url).wait_state(query_id, "SUCCEEDED")
-    assert double.calls()["GetObject"] == 1
+    assert double.calls()["GetQueryResults"] == 1  # stored once, from its first page
 
 
 async def test_the_queries_of_a_process_killed_are_taken_over_after_the_lease(

@@ -22,6 +22,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.loaders import Loader, create_loader
+from botocore.utils import parse_timestamp
 from loguru import logger
 
 from athenaq.config import AthenaConfig, S3Config
@@ -151,6 +152,16 @@ class FirstPage:
         return self.page.columns or []
 
 
+def _timestamp(value: Any) -> datetime:
+    """A timestamp of an answer. Athena's (JSON) are seconds since the epoch, which this
+    reads at a fifth of the cost of botocore's parser and its dateutil time zones: a tick
+    over thousands of queries parses two per query. Others (S3's) go to botocore's."""
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    parsed: datetime = parse_timestamp(value)
+    return parsed
+
+
 def _naive_utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
@@ -229,6 +240,9 @@ class Athena:
         S3-compatible endpoint it addresses buckets by path, as such endpoints expect."""
         session = get_session()
         session.register_component("data_loader", _models(session.get_config_variable("data_path")))
+        session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_timestamp
+        )
         timeout = config.call_timeout_seconds
         user_agent = session.user_agent()
         if session.user_agent_extra:

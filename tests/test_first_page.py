@@ -128,9 +128,12 @@ async def test_a_result_over_its_first_page_is_read_from_s3(
 async def test_a_tick_that_learns_nothing_reads_and_writes_nothing_per_query(
     config: Config, double: AthenaDouble, start_service: StartService, db_url: str
 ) -> None:
-    service = await start_service(config)
-    client = Client(service.url)
     held = 120  # three batches of status calls
+    # Every one of them running in Athena at once: admission control lets them all in.
+    service = await start_service(
+        dataclasses.replace(config, athena=dataclasses.replace(config.athena, max_running=held))
+    )
+    client = Client(service.url)
     ids = [await client.submit(scripted(hold=True)) for _ in range(held)]
 
     async def all_running() -> bool:

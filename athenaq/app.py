@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 from athenaq.admission import AdaptiveCap
 from athenaq.athena import Athena
 from athenaq.auth import AllowEveryone, ApiKeys, Authorizer
+from athenaq.commands import Commands
 from athenaq.config import EMBEDDED, Config, S3Config, ServerConfig
 from athenaq.handlers import health, queries
 from athenaq.handlers.base import Context, NotFoundHandler
@@ -129,15 +130,20 @@ class Service:
             lookup = Lookup(store, results)
             machine = Machine(
                 store,
-                athena,
                 results,
                 Ingest(athena, results, config.results.first_page_rows),
+                store_retry=timedelta(minutes=config.results.store_retry_minutes),
+                lease=self.lease,
+            )
+            commands = Commands(
+                machine,
+                store,
+                athena,
+                results,
                 lookup,
                 Policy(store),
                 database=config.athena.database,
                 workgroup=config.athena.workgroup,
-                store_retry=timedelta(minutes=config.results.store_retry_minutes),
-                lease=self.lease,
             )
             interval = config.poller.interval_seconds
             cap = AdaptiveCap(
@@ -158,7 +164,7 @@ class Service:
                 max_downloads=config.poller.max_concurrent_downloads,
             )
             self._ctx = Context(
-                machine=machine,
+                commands=commands,
                 lookup=lookup,
                 launcher=launcher,
                 authorizer=self.authorizer or self._authorizer(store),

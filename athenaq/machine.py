@@ -18,21 +18,15 @@ from typing import Any
 
 from loguru import logger
 
-from athenaq.athena import Athena, AthenaCallError, Execution
+from athenaq.athena import AthenaCallError, Execution
 from athenaq.clock import isoformat, utcnow
 from athenaq.errors import (
-    QueryCancelled,
-    QueryFinished,
-    QueryRunning,
-    ServiceUnavailable,
     TooManyQueries,
 )
 from athenaq.identity import POLLER, Caller
 from athenaq.ingest import Ingest
-from athenaq.lookup import Lookup
-from athenaq.policy import Policy
 from athenaq.results import ResultFiles
-from athenaq.states import EXECUTION_FIELDS, Event, Lease, QueryRecord, QueryState, next_state
+from athenaq.states import Event, Lease, QueryRecord, QueryState, next_state
 from athenaq.store import Store
 from athenaq.store.keys import RunningLimitReached
 from athenaq.tasks import KeyedLock
@@ -55,27 +49,17 @@ class Machine:
     def __init__(
         self,
         store: Store,
-        athena: Athena,
         results: ResultFiles,
         ingest: Ingest,
-        lookup: Lookup,
-        policy: Policy,
         *,
-        database: str,
-        workgroup: str,
         store_retry: timedelta,
         lease: Lease,
     ) -> None:
         self.store = store
         # This process's: a query it submits or refreshes is its own to start and poll.
         self.lease = lease
-        self.policy = policy
-        self.athena = athena
         self.results = results
         self.ingest = ingest
-        self.lookup = lookup
-        self.database = database
-        self.workgroup = workgroup
         # How long results that cannot be written are tried again before the query fails.
         self.store_retry = store_retry
         self.lock = KeyedLock()
@@ -124,17 +108,18 @@ class Machine:
         )
         return dataclasses.replace(current, state=target, version=current.version + 1, **columns)
 
-    # -- what clients ask -------------------------------------------------------------
+    # -- a new query ------------------------------------------------------------------
 
-    async def submit(self, sql: str, caller: Caller) -> QueryRecord:
-        """Record a new QUEUED query of `caller` (the launcher sends it to Athena)."""
-        await self.policy.admit(caller, sql, self.database, self.workgroup)
+    async def create(self, sql: str, database: str, workgroup: str, caller: Caller) -> QueryRecord:
+        """Record a new QUEUED query of `caller`, held by this process, which starts it.
+
+        Raises TooManyQueries when the owner has its max_running unfinished queries."""
         try:
             record = await self.store.create(
                 str(uuid.uuid4()),
                 sql,
-                self.database,
-                self.workgroup,
+                database,
+                workgroup,
                 reason="submitted",
                 owner=caller.name,
                 running_limit=caller.max_running,
@@ -151,98 +136,6 @@ class Machine:
             by=caller.name,
         )
         return record
-
-    async def refresh(self, query_id: str, caller: Caller) -> QueryRecord:
-        """Put a finished query of `caller`'s back to QUEUED for a new Athena execution.
-
-        The state leaves SUCCEEDED before the old result file is removed, so no
-        reader is ever handed the old results as the new ones."""
-        async with self.lock(query_id):
-            current = await self.lookup.get(query_id, caller)
-            if not current.is_finished:
-                raise QueryRunning(current.id, current.state.value)
-            await self.policy.admit(
-                caller, current.query_text, current.database_name, current.workgroup
-            )
-            changes = {
-                **dict.fromkeys(EXECUTION_FIELDS),
-                "run": current.run + 1,
-                "lease_holder": self.lease.holder,
-                "lease_expires_at": self.lease.expires(utcnow()),
-            }
-            refreshed = await self.apply(
-                current,
-                Event.REFRESH,
-                by=caller.name,
-                reason="refresh",
-                changes=changes,
-                running_limit=caller.max_running,
-            )
-            if refreshed is None:
-                # Another process refreshed it first: it is QUEUED or further now.
-                latest = await self.lookup.get(query_id)
-                raise QueryRunning(latest.id, latest.state.value)
-            await self.results.delete(query_id, current.athena_execution_id)
-        return refreshed
-
-    async def cancel(self, query_id: str, caller: Caller) -> tuple[QueryRecord, bool]:
-        """Stop an unfinished query of `caller`'s in Athena.
-
-        Returns the record and whether the query is CANCELLED now (Athena confirmed the
-        stop). When Athena has not confirmed yet the poller finishes the cancel. A query
-        that finished in Athena first keeps its outcome: QueryFinished."""
-        async with self.lock(query_id):
-            for _ in range(RACE_RETRIES):
-                current = await self.lookup.get(query_id, caller)
-                _raise_if_finished(current)
-                if current.athena_execution_id is None:
-                    cancelled = await self.apply(
-                        current,
-                        Event.CANCEL,
-                        by=caller.name,
-                        reason="cancelled before it was sent to Athena",
-                        changes={"completed_at": utcnow()},
-                    )
-                    if cancelled is not None:
-                        return cancelled, True
-                # Marked before the stop, so whichever process polls Athena's CANCELLED
-                # first knows the client asked for it.
-                elif current.cancel_requested_at is not None or await self.store.update(
-                    current, {"cancel_requested_at": utcnow()}
-                ):
-                    return await self._stop(query_id, current.athena_execution_id, caller.name)
-        raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
-
-    async def _stop(self, query_id: str, execution_id: str, by: str) -> tuple[QueryRecord, bool]:
-        try:
-            await self.athena.stop(execution_id)
-        except AthenaCallError as exc:
-            if not exc.is_client_error:
-                raise ServiceUnavailable("Athena did not take the stop; try again") from exc
-            # Athena refused the stop: the execution is finished there; ask what it became.
-        execution = await self.athena.settled(execution_id)
-        if execution is not None and execution.state in (Q.SUCCEEDED, Q.FAILED):
-            raise QueryFinished(
-                query_id, execution.state, "it finished in Athena before the stop arrived"
-            )
-        confirmed = execution is not None and execution.state == Q.CANCELLED
-        for _ in range(RACE_RETRIES):
-            current = await self.lookup.get(query_id)
-            if current.state == Q.CANCELLED:
-                return current, True  # the poller recorded Athena's CANCELLED first
-            _raise_if_finished(current)
-            if not confirmed:
-                return current, False
-            cancelled = await self.apply(
-                current,
-                Event.CANCEL,
-                by=by,
-                reason="cancelled by client",
-                changes=execution.statistics if execution else {},
-            )
-            if cancelled is not None:
-                return cancelled, True
-        raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
 
     # -- what the poller reports ------------------------------------------------------
 
@@ -446,10 +339,3 @@ def _too_many(exc: RunningLimitReached) -> TooManyQueries:
         f"this key has {exc.running} unfinished queries, its max_running",
         retry_after=RUNNING_LIMIT_RETRY_SECONDS,
     )
-
-
-def _raise_if_finished(record: QueryRecord) -> None:
-    if record.state == Q.CANCELLED:
-        raise QueryCancelled(record.id)
-    if record.state.is_finished:
-        raise QueryFinished(record.id, record.state.value)

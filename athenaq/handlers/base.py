@@ -14,6 +14,7 @@ from tornado.httputil import HTTPHeaders, HTTPInputError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from athenaq.auth import Authorizer
+from athenaq.commands import Commands
 from athenaq.errors import (
     ApiError,
     Conflict,
@@ -34,7 +35,6 @@ from athenaq.identity import Caller
 from athenaq.launcher import Launcher
 from athenaq.logs import log_request
 from athenaq.lookup import Lookup
-from athenaq.machine import Machine
 from athenaq.ratelimit import RateLimiter
 from athenaq.states import IllegalTransition
 
@@ -84,7 +84,7 @@ class RequestsInFlight:
 class Context:
     """What every handler needs, handed over through `initialize(ctx=...)`."""
 
-    machine: Machine
+    commands: Commands
     lookup: Lookup
     launcher: Launcher
     authorizer: Authorizer
@@ -148,8 +148,8 @@ class BaseHandler(RequestHandler):
             self.ctx.in_flight.leave()
 
     @property
-    def machine(self) -> Machine:
-        return self.ctx.machine
+    def commands(self) -> Commands:
+        return self.ctx.commands
 
     @property
     def lookup(self) -> Lookup:

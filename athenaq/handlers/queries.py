@@ -60,7 +60,7 @@ class SubmitHandler(BaseHandler):
             raise ValidationFailed(_first_message(exc.messages)) from None
         if len(request["query"].encode("utf-8")) > MAX_QUERY_BYTES:
             raise PayloadTooLarge(f"query: over {MAX_QUERY_BYTES} bytes, Athena's limit")
-        record = await self.machine.submit(request["query"], self.caller)
+        record = await self.commands.submit(request["query"], self.caller)
         self.launcher.launch_soon(record.id, record)
         self.set_header("Location", f"/query/{record.id}/status")
         self.write_json(_STATE.dump(record), status=202)
@@ -216,7 +216,7 @@ class RefreshHandler(BaseHandler):
     required_scope = SUBMIT
 
     async def post(self, segment: str) -> None:
-        record = await self.machine.refresh(self.query_id(segment), self.caller)
+        record = await self.commands.refresh(self.query_id(segment), self.caller)
         self.launcher.launch_soon(record.id, record)
         self.set_header("Location", f"/query/{record.id}/status")
         self.write_json(_STATE.dump(record), status=202)
@@ -228,7 +228,7 @@ class CancelHandler(BaseHandler):
     required_scope = CANCEL
 
     async def post(self, segment: str) -> None:
-        record, confirmed = await self.machine.cancel(self.query_id(segment), self.caller)
+        record, confirmed = await self.commands.cancel(self.query_id(segment), self.caller)
         if confirmed:
             self.write_json(_STATE.dump(record))
         else:

@@ -1,0 +1,151 @@
+"""What clients ask of their queries: submit, refresh and cancel.
+
+Each reads the query through the caller's eyes (another owner's query is not found),
+decides, and changes its state only through the machine, the one writer, under the
+machine's per-query lock.
+"""
+
+from __future__ import annotations
+
+from athenaq.athena import Athena, AthenaCallError
+from athenaq.clock import utcnow
+from athenaq.errors import QueryCancelled, QueryFinished, QueryRunning, ServiceUnavailable
+from athenaq.identity import Caller
+from athenaq.lookup import Lookup
+from athenaq.machine import RACE_RETRIES, Machine
+from athenaq.policy import Policy
+from athenaq.results import ResultFiles
+from athenaq.states import EXECUTION_FIELDS, Event, QueryRecord, QueryState
+from athenaq.store import Store
+
+Q = QueryState
+
+
+class Commands:
+    """Submits, refreshes and cancels, as the handlers ask them."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        store: Store,
+        athena: Athena,
+        results: ResultFiles,
+        lookup: Lookup,
+        policy: Policy,
+        *,
+        database: str,
+        workgroup: str,
+    ) -> None:
+        self.machine = machine
+        self.store = store
+        self.athena = athena
+        self.results = results
+        self.lookup = lookup
+        self.policy = policy
+        # Where a submitted query runs in Athena (athena.database and athena.workgroup).
+        self.database = database
+        self.workgroup = workgroup
+
+    async def submit(self, sql: str, caller: Caller) -> QueryRecord:
+        """Record a new QUEUED query of `caller` (the launcher sends it to Athena)."""
+        await self.policy.admit(caller, sql, self.database, self.workgroup)
+        return await self.machine.create(sql, self.database, self.workgroup, caller)
+
+    async def refresh(self, query_id: str, caller: Caller) -> QueryRecord:
+        """Put a finished query of `caller`'s back to QUEUED for a new Athena execution.
+
+        The state leaves SUCCEEDED before the old result file is removed, so no
+        reader is ever handed the old results as the new ones."""
+        async with self.machine.lock(query_id):
+            current = await self.lookup.get(query_id, caller)
+            if not current.is_finished:
+                raise QueryRunning(current.id, current.state.value)
+            await self.policy.admit(
+                caller, current.query_text, current.database_name, current.workgroup
+            )
+            changes = {
+                **dict.fromkeys(EXECUTION_FIELDS),
+                "run": current.run + 1,
+                "lease_holder": self.machine.lease.holder,
+                "lease_expires_at": self.machine.lease.expires(utcnow()),
+            }
+            refreshed = await self.machine.apply(
+                current,
+                Event.REFRESH,
+                by=caller.name,
+                reason="refresh",
+                changes=changes,
+                running_limit=caller.max_running,
+            )
+            if refreshed is None:
+                # Another process refreshed it first: it is QUEUED or further now.
+                latest = await self.lookup.get(query_id)
+                raise QueryRunning(latest.id, latest.state.value)
+            await self.results.delete(query_id, current.athena_execution_id)
+        return refreshed
+
+    async def cancel(self, query_id: str, caller: Caller) -> tuple[QueryRecord, bool]:
+        """Stop an unfinished query of `caller`'s in Athena.
+
+        Returns the record and whether the query is CANCELLED now (Athena confirmed the
+        stop). When Athena has not confirmed yet the poller finishes the cancel. A query
+        that finished in Athena first keeps its outcome: QueryFinished."""
+        async with self.machine.lock(query_id):
+            for _ in range(RACE_RETRIES):
+                current = await self.lookup.get(query_id, caller)
+                _raise_if_finished(current)
+                if current.athena_execution_id is None:
+                    cancelled = await self.machine.apply(
+                        current,
+                        Event.CANCEL,
+                        by=caller.name,
+                        reason="cancelled before it was sent to Athena",
+                        changes={"completed_at": utcnow()},
+                    )
+                    if cancelled is not None:
+                        return cancelled, True
+                # Marked before the stop, so whichever process polls Athena's CANCELLED
+                # first knows the client asked for it.
+                elif current.cancel_requested_at is not None or await self.store.update(
+                    current, {"cancel_requested_at": utcnow()}
+                ):
+                    return await self._stop(query_id, current.athena_execution_id, caller.name)
+        raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
+
+    async def _stop(self, query_id: str, execution_id: str, by: str) -> tuple[QueryRecord, bool]:
+        try:
+            await self.athena.stop(execution_id)
+        except AthenaCallError as exc:
+            if not exc.is_client_error:
+                raise ServiceUnavailable("Athena did not take the stop; try again") from exc
+            # Athena refused the stop: the execution is finished there; ask what it became.
+        execution = await self.athena.settled(execution_id)
+        if execution is not None and execution.state in (Q.SUCCEEDED, Q.FAILED):
+            raise QueryFinished(
+                query_id, execution.state, "it finished in Athena before the stop arrived"
+            )
+        confirmed = execution is not None and execution.state == Q.CANCELLED
+        for _ in range(RACE_RETRIES):
+            current = await self.lookup.get(query_id)
+            if current.state == Q.CANCELLED:
+                return current, True  # the poller recorded Athena's CANCELLED first
+            _raise_if_finished(current)
+            if not confirmed:
+                return current, False
+            cancelled = await self.machine.apply(
+                current,
+                Event.CANCEL,
+                by=by,
+                reason="cancelled by client",
+                changes=execution.statistics if execution else {},
+            )
+            if cancelled is not None:
+                return cancelled, True
+        raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
+
+
+def _raise_if_finished(record: QueryRecord) -> None:
+    if record.state == Q.CANCELLED:
+        raise QueryCancelled(record.id)
+    if record.state.is_finished:
+        raise QueryFinished(record.id, record.state.value)

@@ -7,7 +7,6 @@ with where the query ends."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -15,10 +14,11 @@ from pathlib import Path
 
 from athenaq.app import Service
 from athenaq.config import Config
-from athenaq.states import LEGAL_MOVES, QueryState
+from athenaq.states import QueryState
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
 from tests.conftest import Client, body, make_config, wait_for
+from tests.histories import assert_legal_path
 
 # Every round is a fresh interleaving; tox.ini runs fewer where another environment of
 # the matrix already runs the full count against the same store.
@@ -30,15 +30,6 @@ CANCEL_POINTS = ("submitted", "RUNNING", "done in Athena")
 # Every tenth query runs until it is stopped, so the cancelled outcome happens whatever
 # the machine's load; the others race.
 HELD_EVERY = 10
-Q = QueryState
-
-
-def assert_legal_path(query_id: str, moves: list[tuple[Q | None, Q]]) -> None:
-    assert moves[0] == (None, Q.QUEUED), (query_id, moves)
-    for (_, reached), (source, target) in itertools.pairwise(moves):
-        assert source == reached, (query_id, moves)
-        assert (source, target) in LEGAL_MOVES, (query_id, moves)
-        assert (source, target) != (Q.SUCCEEDED, Q.CANCELLED), (query_id, moves)
 
 
 async def test_cancel_racing_completion_never_cancels_a_completed_query(
@@ -77,8 +68,9 @@ async def test_cancel_racing_completion_never_cancels_a_completed_query(
             assert final["state"] in ("CANCELLED", "SUCCEEDED")
         if held:
             assert final["state"] == "CANCELLED", (query_id, response.code)
-        history = await store.history(query_id)
-        assert_legal_path(query_id, [(h.from_state, h.to_state) for h in history])
+        moves = [(h.from_state, h.to_state) for h in await store.history(query_id)]
+        assert_legal_path(query_id, moves)
+        assert (QueryState.SUCCEEDED, QueryState.CANCELLED) not in moves, (query_id, moves)
         if final["state"] == "SUCCEEDED":
             results = await submit_via.request("GET", f"/query/{query_id}/results")
             assert results.code == 200

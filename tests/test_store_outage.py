@@ -11,6 +11,7 @@ reads go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -27,6 +28,7 @@ from athenaq.app import Service
 from athenaq.config import Config
 from athenaq.errors import StoreUnavailable
 from athenaq.store import Store
+from athenaq.store.outage import Deadline
 from tests.athena_double import AthenaDouble
 from tests.conftest import Client, body, make_config, make_key, wait_for, with_keys
 from tests.tcpproxy import TcpProxy
@@ -272,3 +274,38 @@ async def test_a_store_disturbance_that_passes_at_once_costs_one_answer_at_most(
         answers.append((await timed(client, "POST", "/query", {"query": f"SELECT {n}"})).code)
     assert set(answers) <= {200, 202, 503}, answers
     assert answers.count(503) <= 1, answers
+
+
+async def test_a_deadline_ends_a_block_that_swallowed_its_cancel() -> None:
+    """On Python 3.11 asyncio.wait_for (the MySQL driver connects and reads with it) can
+    swallow the deadline's cancel; the block must end at the deadline all the same, and
+    leave its task uncancelled."""
+
+    async def swallowing() -> None:
+        # wait_for's answer when its operation completes as the cancel arrives:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        await asyncio.sleep(30)  # then a read on a connection that never answers
+
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.2 s"):
+        async with Deadline(0.2):
+            await swallowing()
+    assert time.monotonic() - started < 2
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0)  # no cancel left pending for the caller's next await
+
+
+async def test_a_cancel_from_outside_passes_through_a_deadline() -> None:
+    """A caller's own cancel (a client gone, a shutdown) stays a cancel, not a 503."""
+
+    async def waiting() -> None:
+        async with Deadline(30):
+            await asyncio.sleep(30)
+
+    task = asyncio.ensure_future(waiting())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -79,20 +79,42 @@ def _sqlite_code(exc: BaseException) -> int | None:
     return None
 
 
+# After the deadline, the block is cancelled again this often until it ends: on Python
+# 3.11, asyncio.wait_for (which the MySQL driver uses to connect and read) returns normally
+# instead of raising a cancel that arrives as its operation completes (CPython gh-86296),
+# and the block would go on, past its deadline, on a connection that may never answer.
+RECANCEL_SECONDS = 0.05
+
+
 class Deadline:
     """`async with Deadline(seconds)`: the block ends within `seconds`, and a store out of
     reach in it (see `is_outage`) raises StoreUnavailable. A class rather than a
-    generator-based context manager: it wraps every statement of the hot path."""
+    generator-based context manager: it wraps every statement of the hot path.
 
-    __slots__ = ("_seconds", "_timeout")
+    Like asyncio.timeout, it cancels the block's task at the deadline and turns that
+    cancel into its own error; unlike it, it cancels again until the block has ended
+    (RECANCEL_SECONDS), so a cancel swallowed on the way cannot let the block run on."""
+
+    __slots__ = ("_cancels", "_expiry", "_seconds", "_task")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
-        self._timeout: asyncio.Timeout | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._cancels = 0
 
     async def __aenter__(self) -> None:
-        self._timeout = asyncio.timeout(self._seconds)
-        await self._timeout.__aenter__()
+        self._task = asyncio.current_task()
+        self._cancels = 0
+        self._expiry = asyncio.get_running_loop().call_later(self._seconds, self._expire)
+
+    def _expire(self) -> None:
+        assert self._task is not None
+        # The task waits inside the block (a callback runs only while it is suspended),
+        # so the cancel lands there.
+        self._cancels += 1
+        self._task.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(RECANCEL_SECONDS, self._expire)
 
     async def __aexit__(
         self,
@@ -100,12 +122,16 @@ class Deadline:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._timeout is not None
-        try:
-            await self._timeout.__aexit__(exc_type, exc, tb)
-        except TimeoutError as expired:
-            raise StoreUnavailable(
-                f"the store did not answer within {self._seconds:g} s"
-            ) from expired
+        assert self._task is not None and self._expiry is not None
+        self._expiry.cancel()
+        if self._cancels:
+            for _ in range(self._cancels):
+                self._task.uncancel()
+            if exc is not None and self._task.cancelling() == 0:
+                # Cut by the deadline (a CancelledError, or what cleaning up after it
+                # raised), and by no one else's cancel.
+                raise StoreUnavailable(
+                    f"the store did not answer within {self._seconds:g} s"
+                ) from exc
         if exc is not None and is_outage(exc):
             raise StoreUnavailable("the store cannot be reached") from exc

@@ -396,6 +396,9 @@ def athenaq_config(
             "workgroup": "primary",
             "output_location": "s3://athenaq-bench/results/",
             "endpoint_url": endpoint,
+            # Every query in flight runs in Athena at once (admission control would keep
+            # all but 20 QUEUED); a --source from before it lacks the key.
+            **({} if args.uncapped else {"max_running": args.queries}),
         },
         "s3": {"endpoint_url": endpoint},
         "results": {"dir": str(work / "results")},
@@ -445,6 +448,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="run the athenaq of this source tree (another commit, e.g. from"
         " `git worktree add`) instead of the installed one",
+    )
+    parser.add_argument(
+        "--uncapped",
+        action="store_true",
+        help="give no athena.max_running: for a --source from before admission control",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     args = parser.parse_args(argv)

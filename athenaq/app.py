@@ -162,6 +162,7 @@ class Service:
                 lease=self.lease,
                 max_calls=config.poller.max_concurrent_calls,
                 max_downloads=config.poller.max_concurrent_downloads,
+                max_stores=config.poller.max_concurrent_stores,
             )
             self._ctx = Context(
                 commands=commands,

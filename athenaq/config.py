@@ -107,11 +107,14 @@ class ResultsConfig:
 @dataclass(frozen=True)
 class PollerConfig:
     interval_seconds: float
-    # Athena calls a tick makes at once, and results stored at once.
+    # Athena calls a tick makes at once, results stored at once, and among them large
+    # results (those their first page does not hold) downloaded at once.
     max_concurrent_calls: int = 10
+    max_concurrent_stores: int = 32
     max_concurrent_downloads: int = 4
-    # How long a process's hold on the queries it polls lasts without renewal (each tick
-    # renews it): after that, another process takes over the queries of one that died.
+    # How long a process's hold on the queries it polls lasts without renewal (renewed
+    # once half spent): after that, another process takes over the queries of one that
+    # died.
     lease_seconds: float = 30.0
 
 
@@ -332,6 +335,9 @@ class PollerSchema(_Section):
     interval_seconds = fields.Float(required=True, validate=validate.Range(min=0.01, max=3600))
     max_concurrent_calls = fields.Integer(
         strict=True, load_default=10, validate=validate.Range(min=1, max=100)
+    )
+    max_concurrent_stores = fields.Integer(
+        strict=True, load_default=32, validate=validate.Range(min=1, max=256)
     )
     max_concurrent_downloads = fields.Integer(
         strict=True, load_default=4, validate=validate.Range(min=1, max=64)

@@ -12,7 +12,9 @@ result served never mixes the two sources.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from loguru import logger
@@ -39,19 +41,44 @@ class Ingest:
         # the first page then being one row, for the column types only.
         self.first_page_rows = first_page_rows
 
-    async def store(self, query_id: str, execution: Execution) -> Stored:
+    async def store(
+        self,
+        query_id: str,
+        execution: Execution,
+        large: AbstractAsyncContextManager[object] | None = None,
+    ) -> Stored:
         """Write the execution's result files. Raises AthenaCallError when Athena cannot
-        give the results, OSError when they cannot be written."""
+        give the results, OSError when they cannot be written.
+
+        `large` is entered around the reading of a result its first page does not hold
+        (the caller's bound on large downloads): a result stored from its first page never
+        waits for it."""
         execution_id = execution.execution_id
         started = time.monotonic()
         first = await self.athena.first_page(execution_id, self.first_page_rows or 1)
+        if first.whole and self.first_page_rows:
+            rows = await self.results.write_page(query_id, execution_id, first.page)
+            source = "api"
+        else:
+            async with large or contextlib.nullcontext():
+                rows, source = await self._store_large(query_id, execution, first)
+        logger.info(
+            "results stored",
+            query_id=query_id,
+            athena_query_execution_id=execution_id,
+            row_count=rows,
+            results_source=source,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return Stored(rows, source)
+
+    async def _store_large(
+        self, query_id: str, execution: Execution, first: FirstPage
+    ) -> tuple[int, str]:
+        """Store a result its first page does not hold: its row count and source."""
+        execution_id = execution.execution_id
         try:
-            if first.whole and self.first_page_rows:
-                rows = await self.results.write_page(query_id, execution_id, first.page)
-                source = "api"
-            else:
-                rows = await self._copy_object(query_id, execution, first)
-                source = "s3"
+            return await self._copy_object(query_id, execution, first), "s3"
         except ResultObjectUnreadable as exc:
             logger.warning(
                 "result object unreadable; reading the results through GetQueryResults",
@@ -64,16 +91,7 @@ class Ingest:
             rows = await self.results.write(
                 query_id, execution_id, self.athena.result_pages(execution_id)
             )
-            source = "api"
-        logger.info(
-            "results stored",
-            query_id=query_id,
-            athena_query_execution_id=execution_id,
-            row_count=rows,
-            results_source=source,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-        return Stored(rows, source)
+            return rows, "api"
 
     async def _copy_object(self, query_id: str, execution: Execution, first: FirstPage) -> int:
         """Store the result object's bytes; ResultObjectUnreadable if they cannot be used."""

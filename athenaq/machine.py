@@ -13,6 +13,7 @@ import dataclasses
 import re
 import uuid
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -213,12 +214,17 @@ class Machine:
                 )
 
     async def store_results(
-        self, query_id: str, execution: Execution, known: QueryRecord | None = None
+        self,
+        query_id: str,
+        execution: Execution,
+        known: QueryRecord | None = None,
+        large: AbstractAsyncContextManager[object] | None = None,
     ) -> bool:
         """Store a SUCCEEDED execution's results, then (and only then) set SUCCEEDED.
 
         `known` is the query as `observe` left it: SUCCEEDED is tried on it without a
-        read, and a lost compare-and-set reads the query again.
+        read, and a lost compare-and-set reads the query again. `large` bounds the
+        downloads of results their first page does not hold (Ingest.store).
 
         The ingest holds no lock: cancels, refreshes and other queries go on meanwhile.
         Returns False when the results could not be written (a full or unwritable disk):
@@ -228,7 +234,7 @@ class Machine:
         (throttled, out of reach): the next poll tries again."""
         execution_id = execution.execution_id
         try:
-            stored = await self.ingest.store(query_id, execution)
+            stored = await self.ingest.store(query_id, execution, large)
         except OSError as exc:
             # Athena's transport errors arrive as AthenaCallError: an OSError here is the
             # results folder's (full, over quota, read-only, gone, refused), which an

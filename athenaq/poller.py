@@ -1,25 +1,27 @@
 """The poller: feeds Athena's view of the unfinished queries this process holds into the
 machine.
 
-Each tick renews this process's leases and claims the unfinished queries nobody holds
-(new, released by a process that stopped, or expired with one that died), so each query
-is polled, and its results stored, by one process at a time. It sends the ones not yet
-sent, asks Athena about the rest in batches of 50, and hands each observation to the
-machine. Result downloads run as their own tasks, so a large result never delays the
-polling of the other queries. Results that could not be written (a full disk) are tried
-again after one interval, then after twice as long each time, up to a minute. A store out
-of reach skips ticks the same way, up to a few intervals, and polling resumes by itself
-once it answers.
+Each tick claims the unfinished queries nobody holds (new, released by a process that
+stopped, or expired with one that died), and renews this process's leases once half
+spent, so each query is polled, and its results stored, by one process at a time. It
+sends the ones not yet sent, asks Athena about the rest in batches of 50, and hands
+each observation to the machine. Result downloads run as their own tasks, so a large
+result never delays the polling of the other queries, and a tiny one (stored from its
+first page) never waits behind large ones. Results that could not be written (a full
+disk) are tried again after one interval, then after twice as long each time, up to a
+minute. A store out of reach skips ticks the same way, up to a few intervals, and
+polling resumes by itself once it answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 
 from loguru import logger
 from tornado.ioloop import PeriodicCallback
@@ -68,6 +70,7 @@ class Poller:
         lease: Lease,
         max_calls: int = 10,
         max_downloads: int = 4,
+        max_stores: int = 32,
     ) -> None:
         self.store = store
         self.athena = athena
@@ -78,6 +81,11 @@ class Poller:
         self.lease = lease
         self.max_calls = max_calls
         self._calls = asyncio.Semaphore(max_calls)
+        # Results being stored (their first page read, written, their query moved), and
+        # among them the large ones being downloaded: a large download gives its store
+        # slot back while it waits for and holds a download slot, so the tiny results,
+        # stored from their first page, never wait behind the large ones.
+        self._store_slots = asyncio.Semaphore(max_stores)
         self._download_slots = asyncio.Semaphore(max_downloads)
         self._callback: PeriodicCallback | None = None
         self._tick_task: asyncio.Task[None] | None = None
@@ -94,6 +102,11 @@ class Poller:
         # and when (time.monotonic()) the next tick asks it again.
         self._store_backoff = 0.0
         self._store_retry_at = 0.0
+        # The records the latest claim returned, by id: the next claim reads again only
+        # those whose rows changed since. When (time.monotonic()) this process's leases
+        # were last renewed.
+        self._held: dict[str, QueryRecord] = {}
+        self._renewed_at = -math.inf
         # Ticks ended so far, and the latest ones' durations.
         self.ticks = 0
         self.tick_seconds: deque[float] = deque(maxlen=TICK_HISTORY)
@@ -150,14 +163,23 @@ class Poller:
     async def _round(self, started: float) -> None:
         if started < self._store_retry_at:
             return  # the store was out of reach a moment ago: this tick waits it out
+        # Leases are renewed once half spent, not at every tick: a tick that learns
+        # nothing new writes nothing. A lease still lasts half its time when renewed, so
+        # it never lapses while this process ticks (an interval is at most a third of it).
+        renew = started - self._renewed_at >= self.lease.seconds / 2
         try:
-            records = await self.store.claim(self.lease.holder, self.lease.seconds)
+            records = await self.store.claim(
+                self.lease.holder, self.lease.seconds, self._held, renew=renew
+            )
         except StoreUnavailable as exc:
             self._store_down(exc)
             return
         except Exception:
             logger.exception("poller could not read the store")
             return
+        self._held = {r.id: r for r in records}
+        if renew:
+            self._renewed_at = started
         if self._store_backoff:
             logger.info("the store answers again; polling resumes")
             self._store_backoff = 0.0
@@ -197,9 +219,12 @@ class Poller:
 
     async def _download(self, record: QueryRecord, execution: Execution) -> None:
         query_id = record.id
-        async with self._download_slots:
+        slot = _Slot(self._store_slots)
+        async with slot:
             try:
-                stored = await self.machine.store_results(query_id, execution, record)
+                stored = await self.machine.store_results(
+                    query_id, execution, record, self._large(slot)
+                )
             except Exception:
                 logger.exception(
                     "storing results failed; the next poll tries again",
@@ -212,6 +237,17 @@ class Poller:
             self.launcher.slot_freed()
         else:
             self._retry_store_later(execution.execution_id)
+
+    @contextlib.asynccontextmanager
+    async def _large(self, slot: _Slot) -> AsyncIterator[None]:
+        """Around a large result's download: its store slot is given back meanwhile, and
+        taken again for the rest (the query's move to SUCCEEDED)."""
+        slot.release()
+        try:
+            async with self._download_slots:
+                yield
+        finally:
+            await slot.acquire()
 
     def _store_down(self, exc: StoreUnavailable) -> None:
         """Skip ticks while the store is out of reach, logging once per outage."""
@@ -335,6 +371,30 @@ class Poller:
                     resumed = time.perf_counter()
 
         await asyncio.gather(*(worker() for _ in range(self.max_calls)))
+
+
+class _Slot:
+    """One slot of a semaphore, which its holder may give back and take again; released
+    at the end of an `async with` only if held then (a cancel may come while it waits)."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._held = False
+
+    async def acquire(self) -> None:
+        await self._semaphore.acquire()
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _changed(record: QueryRecord, execution: Execution) -> bool:

@@ -26,6 +26,7 @@ def test_a_v1_file_gets_the_defaults() -> None:
     assert config.server.tls is None
     assert config.poller.max_concurrent_calls == 10
     assert config.poller.max_concurrent_downloads == 4
+    assert config.poller.max_concurrent_stores == 32
     assert config.results.store_retry_minutes == 60.0
 
 
@@ -50,6 +51,8 @@ def test_a_v1_file_gets_the_defaults() -> None:
         ("poller", "max_concurrent_calls", 0),
         ("poller", "max_concurrent_calls", 1.5),
         ("poller", "max_concurrent_downloads", 65),
+        ("poller", "max_concurrent_stores", 0),
+        ("poller", "max_concurrent_stores", 257),
         ("results", "store_retry_minutes", -1),
         ("results", "store_retry_minutes", "60"),
         ("results", "store_retry_minutes", True),
@@ -111,6 +114,8 @@ def test_a_lease_shorter_than_three_ticks_is_refused() -> None:
 def test_the_optional_keys_are_read() -> None:
     config = parse_config(config_with("poller.max_concurrent_downloads", 2))
     assert config.poller.max_concurrent_downloads == 2
+    config = parse_config(config_with("poller.max_concurrent_stores", 8))
+    assert config.poller.max_concurrent_stores == 8
     # Fractions of a minute are taken, 0 too (fail at the first write that fails).
     for minutes in (0.01, 0):
         config = parse_config(config_with("results.store_retry_minutes", minutes))

@@ -175,3 +175,35 @@ async def test_a_tick_that_learns_nothing_reads_and_writes_nothing_per_query(
     finally:
         await watcher.close()
     assert asked == Counter({"transition": 1}), asked
+
+
+async def test_tiny_results_do_not_wait_behind_large_downloads(
+    config: Config, double: AthenaDouble, start_service: StartService, db_url: str
+) -> None:
+    # One download slot, and one store slot: two large results held mid-download (one in
+    # the download slot, one waiting for it) give their store slots back meanwhile.
+    poller = dataclasses.replace(config.poller, max_concurrent_downloads=1, max_concurrent_stores=1)
+    service = await start_service(dataclasses.replace(config, poller=poller))
+    client = Client(service.url)
+    large = [await client.submit(scripted(generate=5000, s3_stall_after=1000)) for _ in range(2)]
+    watcher = await Store.connect(db_url, maxsize=1)
+    try:
+
+        async def downloading() -> list[str] | None:
+            records = [await watcher.get(i) for i in large]
+            executions = [r.athena_execution_id for r in records if r and r.athena_execution_id]
+            held = len(executions) == 2 and any(double.s3_held(e) for e in executions)
+            return executions if held else None
+
+        executions = await wait_for(downloading, what="a large result's download held")
+        tiny = [await client.submit(scripted(columns=COLUMNS, rows=ROWS)) for _ in range(3)]
+        for query_id in tiny:
+            assert (await finished(client, query_id))["results_source"] == "api"
+        # Meanwhile the large ones have not moved.
+        assert [(await client.status(i))["state"] for i in large] == ["RUNNING"] * 2
+        for execution_id in executions:
+            double.release_s3(execution_id)
+        for query_id in large:
+            assert (await finished(client, query_id))["row_count"] == 5000
+    finally:
+        await watcher.close()

@@ -16,7 +16,7 @@ batch within `BATCH_TIMEOUT_FACTOR` times that.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -84,20 +84,28 @@ _CLAIMABLE = (
     | (queries.c.lease_holder == bindparam("me"))
     | (queries.c.lease_expires_at < bindparam("now")),
 )
-_CLAIMABLE_IDS = select(queries.c.id).where(*_CLAIMABLE).order_by(queries.c.submitted_at)
+# What a claim reads of every query it may hold: no more than tells whether the record
+# the previous claim returned still stands (its version, whether it is admitted: an
+# admission moves no version) and whether the query is this process's already.
+_CLAIMABLE_BRIEF = (
+    select(
+        queries.c.id,
+        queries.c.version,
+        queries.c.admitted_at.is_not(None).label("admitted"),
+        queries.c.lease_holder,
+    )
+    .where(*_CLAIMABLE)
+    .order_by(queries.c.submitted_at)
+)
 _TAKE = (
     update(queries)
     .where(queries.c.id.in_(bindparam("ids", expanding=True)), *_CLAIMABLE)
     .values(lease_holder=bindparam("me"), lease_expires_at=bindparam("until"))
 )
-_HELD = (
-    select(queries)
-    .where(
-        queries.c.id.in_(bindparam("ids", expanding=True)),
-        queries.c.lease_holder == bindparam("me"),
-        queries.c.state.in_(_UNFINISHED_STATES),
-    )
-    .order_by(queries.c.submitted_at)
+_HELD = select(queries).where(
+    queries.c.id.in_(bindparam("ids", expanding=True)),
+    queries.c.lease_holder == bindparam("me"),
+    queries.c.state.in_(_UNFINISHED_STATES),
 )
 _HELD_IDS = select(queries.c.id).where(queries.c.lease_holder == bindparam("me"))
 # By primary key, as a claim: never a lock on rows of other holders.
@@ -141,6 +149,15 @@ async def _compare_and_set(
         "expected_version": current.version,
     }
     return await conn.execute(_COMPARE_AND_SET, params) == 1
+
+
+def _stands(record: QueryRecord | None, version: int, admitted: Any) -> bool:
+    """Whether `record` is still the query whose row has this version and admission."""
+    return (
+        record is not None
+        and record.version == version
+        and (record.admitted_at is not None) == bool(admitted)
+    )
 
 
 def _check_columns(changes: dict[str, Any]) -> None:
@@ -282,29 +299,62 @@ class Store:
             rows = await greenlet_spawn(self._all, _UNFINISHED, {})
         return [_record(row) for row in rows]
 
-    async def claim(self, holder: str, lease_seconds: float) -> list[QueryRecord]:
-        """Renew `holder`'s leases and claim the unfinished queries nobody holds (or whose
-        lease expired), for `lease_seconds` from now; returns every unfinished query it
-        holds, oldest first: what its poller drives. A claim changes no version, so it
-        never makes a compare-and-set lose; a row another process took meanwhile is
-        left to it (the update's condition is checked again on each row)."""
+    async def claim(
+        self,
+        holder: str,
+        lease_seconds: float,
+        held: Mapping[str, QueryRecord] | None = None,
+        *,
+        renew: bool = True,
+    ) -> list[QueryRecord]:
+        """Claim the unfinished queries nobody holds (or whose lease expired) for
+        `lease_seconds` from now, and with `renew` renew `holder`'s leases as long; returns
+        every unfinished query it holds, oldest first: what its poller drives. A claim
+        changes no version, so it never makes a compare-and-set lose; a row another
+        process took meanwhile is left to it (the update's condition is checked again on
+        each row).
+
+        `held`: the records the previous claim returned, by id. Of every query it may hold
+        a claim reads only its id, version, lease holder and whether it is admitted; a
+        query of `holder` whose version and admission are those of its record in `held`
+        is returned as that record, without reading its row. So a claim that renews
+        nothing, over queries nothing changed, writes nothing and reads no row whole."""
         now = utcnow()
         params = {"me": holder, "now": now, "until": now + timedelta(seconds=lease_seconds)}
         async with Deadline(self._batch_timeout):
-            return await greenlet_spawn(self._claim, params)
+            return await greenlet_spawn(self._claim, params, held or {}, renew)
 
-    def _claim(self, params: dict[str, Any]) -> list[QueryRecord]:
-        # The records are made chunk by chunk, between the chunks' round trips (which let
-        # the event loop run): thousands made at once would hold it for tens of ms. The
-        # ids come oldest first, and so does each chunk.
-        held: list[QueryRecord] = []
+    def _claim(
+        self, params: dict[str, Any], held: Mapping[str, QueryRecord], renew: bool
+    ) -> list[QueryRecord]:
+        me = params["me"]
         with self._sync.connect() as conn:
-            ids = list(conn.execute(_CLAIMABLE_IDS, params).scalars())
-            for start in range(0, len(ids), CLAIM_CHUNK):
-                chunk = {**params, "ids": ids[start : start + CLAIM_CHUNK]}
-                conn.execute(_TAKE, chunk)
-                held.extend(_record(row) for row in conn.execute(_HELD, chunk).mappings())
-        return held
+            brief = conn.execute(_CLAIMABLE_BRIEF, params).all()
+            ids = [row[0] for row in brief]  # oldest first
+            new = [query_id for query_id, _, _, holder in brief if holder != me]
+            stale = [
+                query_id
+                for query_id, version, admitted, holder in brief
+                if holder == me and not _stands(held.get(query_id), version, admitted)
+            ]
+            taking = ids if renew else new  # renewing: the leases held with the new ones
+            for start in range(0, len(taking), CLAIM_CHUNK):
+                conn.execute(_TAKE, {**params, "ids": taking[start : start + CLAIM_CHUNK]})
+            # Read whole: the rows taken (a row another process took meanwhile is not read)
+            # and those of the held queries that changed. The records are made chunk by
+            # chunk, between the chunks' round trips (which let the event loop run):
+            # thousands made at once would hold it for tens of ms.
+            fresh: dict[str, QueryRecord] = {}
+            wanted = new + stale
+            for start in range(0, len(wanted), CLAIM_CHUNK):
+                chunk = {**params, "ids": wanted[start : start + CLAIM_CHUNK]}
+                fresh.update((r["id"], _record(r)) for r in conn.execute(_HELD, chunk).mappings())
+        unread = set(wanted)
+        return [
+            fresh[query_id] if query_id in unread else held[query_id]
+            for query_id in ids
+            if query_id in fresh or query_id not in unread
+        ]
 
     async def release(self, holder: str, keep: Collection[str] = ()) -> int:
         """End every lease of `holder` (a stopping process) but those of the queries in

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import aiobotocore
 import botocore
@@ -52,3 +53,71 @@ async def test_every_call_sends_the_same_user_agent_with_the_configured_app_id(
     assert parts[0] == f"aiobotocore/{aiobotocore.__version__}"
     assert "app/nightly-reports" in parts
     assert parts.count(f"botocore/{botocore.__version__}") == 1
+
+
+EXECUTION = {
+    "QueryExecutionId": "e-1",
+    "Query": "SELECT 1",
+    "Status": {
+        "State": "FAILED",
+        "StateChangeReason": "line 1:8: bad",
+        "AthenaError": {"ErrorCategory": 2, "ErrorMessage": "syntax"},
+        "SubmissionDateTime": 1767225600.25,
+        "CompletionDateTime": 1767225601,
+    },
+    "Statistics": {
+        "DataScannedInBytes": 4096,
+        "EngineExecutionTimeInMillis": 900,
+        "QueryQueueTimeInMillis": 40,
+        "TotalExecutionTimeInMillis": 1000,
+    },
+    "ResultConfiguration": {"OutputLocation": "s3://bucket/results/e-1.csv"},
+}
+
+
+async def test_status_answers_are_read_field_by_field_as_botocore_would() -> None:
+    # The status calls' answers skip botocore's walk against the model: their timestamps
+    # (seconds since the epoch) and fields are read by the client itself.
+    async def answer(request: web.Request) -> web.Response:
+        target = request.headers["X-Amz-Target"].rpartition(".")[2]
+        body = (
+            {
+                "QueryExecutions": [EXECUTION],
+                "UnprocessedQueryExecutionIds": [
+                    {"QueryExecutionId": "e-2", "ErrorCode": "x", "ErrorMessage": "y"}
+                ],
+            }
+            if target == "BatchGetQueryExecution"
+            else {"QueryExecution": EXECUTION}
+        )
+        return web.json_response(body, content_type="application/x-amz-json-1.1")
+
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    config = AthenaConfig("us-east-1", "default", "primary", "s3://bucket/results/", url)
+    try:
+        async with Athena.open(config, S3Config(endpoint_url=None)) as athena:
+            found, unprocessed = await athena.batch_get(["e-1", "e-2"])
+            single = await athena.get("e-1")
+    finally:
+        await runner.cleanup()
+    assert unprocessed == ["e-2"]
+    for execution in (found[0], single):
+        assert execution.execution_id == "e-1"
+        assert execution.state == "FAILED"
+        assert execution.reason == "line 1:8: bad: syntax"
+        assert execution.submitted_at == datetime(2026, 1, 1, 0, 0, 0, 250000)
+        assert execution.completed_at == datetime(2026, 1, 1, 0, 0, 1)
+        assert execution.statistics == {
+            "completed_at": datetime(2026, 1, 1, 0, 0, 1),
+            "data_scanned_bytes": 4096,
+            "engine_execution_ms": 900,
+            "queue_ms": 40,
+            "total_execution_ms": 1000,
+        }
+        assert execution.output_location == "s3://bucket/results/e-1.csv"

@@ -183,8 +183,11 @@ class Poller:
         if self._store_backoff:
             logger.info("the store answers again; polling resumes")
             self._store_backoff = 0.0
+        # Each pass over thousands of records takes a few ms: the loop runs between them.
+        await asyncio.sleep(0)
         self.launcher.resume(records)
         self._forget_retries({r.athena_execution_id for r in records})
+        await asyncio.sleep(0)
         now = time.monotonic()
         watched = {
             r.athena_execution_id: r
@@ -194,6 +197,7 @@ class Poller:
             and not self._waiting_to_store(r.athena_execution_id, now)
         }
         if watched:
+            await asyncio.sleep(0)
             executions, missing = await self._fetch(list(watched))
             # Only what Athena changed goes to the machine: a query Athena still reports
             # as the claim read it costs no lock, no read and no write.

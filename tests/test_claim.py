@@ -37,7 +37,8 @@ async def store(db_url: str) -> AsyncIterator[Store]:
 
 @contextmanager
 def statements(store: Store) -> Iterator[list[str]]:
-    """The SQL statements the store runs through SQLAlchemy meanwhile (a claim's)."""
+    """The SQL statements a claim runs meanwhile beyond its read of the versions (made
+    on the driver's connection): its updates of leases and its reads of whole rows."""
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -71,12 +72,11 @@ async def test_a_claim_reads_whole_only_the_rows_that_changed(store: Store) -> N
     assert {r.lease_holder for r in first} == {"a"}
     held = {r.id: r for r in first}
 
-    # Nothing changed, leases not renewed: one read of the versions, no write.
+    # Nothing changed, leases not renewed: only the read of the versions, no write.
     with statements(store) as seen:
         again = await store.claim("a", 30, held, renew=False)
     assert all(r is held[r.id] for r in again) and len(again) == 5
-    assert [s.split()[0] for s in seen] == ["SELECT"], seen
-    assert whole_row_reads(seen) == []
+    assert seen == []
 
     # Renewing writes the leases, and still reads no row whole.
     before = await lease_of(store, "q0")
@@ -162,6 +162,4 @@ async def test_a_tick_over_unchanged_queries_issues_no_update(
     with statements(store) as seen:
         ticks = poller.ticks
         await wait_for(lambda: poller.ticks >= ticks + 4, what="four more ticks")
-    assert seen, "the ticks claimed"
-    assert not [s for s in seen if not s.startswith("SELECT")], seen
-    assert whole_row_reads(seen) == []
+    assert seen == []

@@ -118,6 +118,23 @@ class DriverConnection:
                 found = await cursor.fetchall()
         return [row for row in map(prepared.row, found) if row is not None]
 
+    async def tuples(
+        self, statement: ClauseElement, params: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        """Every row of a SELECT as the driver gives it, for a SELECT of columns whose
+        values need no conversion (strings, integers): thousands of rows at the cost of
+        reading them, without a dict per row."""
+        prepared = self._pool.prepared(statement, params)
+        if any(convert is not None for convert in prepared.converters):
+            raise ValueError(f"values to convert: {prepared.sql}")
+        args = prepared.args(params)
+        if self._pool.sqlite:
+            async with self._connection.execute(prepared.sql, args) as cursor:
+                return list(await cursor.fetchall())
+        async with self._connection.cursor() as cursor:
+            await cursor.execute(prepared.sql, args)
+            return list(await cursor.fetchall())
+
     async def scalar(self, statement: ClauseElement, params: dict[str, Any]) -> Any:
         """The first column of the first row, or None."""
         row = await self.first(statement, params)

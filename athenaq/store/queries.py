@@ -24,7 +24,9 @@ from sqlalchemy import (
     Executable,
     RowMapping,
     bindparam,
+    case,
     insert,
+    or_,
     select,
     update,
 )
@@ -86,15 +88,23 @@ _CLAIMABLE = (
 )
 # What a claim reads of every query it may hold: no more than tells whether the record
 # the previous claim returned still stands (its version, whether it is admitted: an
-# admission moves no version) and whether the query is this process's already.
+# admission moves no version) and whether the query is this process's already. Read on
+# the driver's connection (OR rather than IN: driver.py renders no IN list), as plain
+# values that need no conversion.
 _CLAIMABLE_BRIEF = (
     select(
         queries.c.id,
         queries.c.version,
-        queries.c.admitted_at.is_not(None).label("admitted"),
+        case((queries.c.admitted_at.is_(None), 0), else_=1).label("admitted"),
         queries.c.lease_holder,
     )
-    .where(*_CLAIMABLE)
+    .where(
+        or_(
+            queries.c.state == QueryState.QUEUED.value,
+            queries.c.state == QueryState.RUNNING.value,
+        ),
+        _CLAIMABLE[1],
+    )
     .order_by(queries.c.submitted_at)
 )
 _TAKE = (
@@ -321,40 +331,51 @@ class Store:
         nothing, over queries nothing changed, writes nothing and reads no row whole."""
         now = utcnow()
         params = {"me": holder, "now": now, "until": now + timedelta(seconds=lease_seconds)}
+        held = held or {}
         async with Deadline(self._batch_timeout):
-            return await greenlet_spawn(self._claim, params, held or {}, renew)
-
-    def _claim(
-        self, params: dict[str, Any], held: Mapping[str, QueryRecord], renew: bool
-    ) -> list[QueryRecord]:
-        me = params["me"]
-        with self._sync.connect() as conn:
-            brief = conn.execute(_CLAIMABLE_BRIEF, params).all()
-            ids = [row[0] for row in brief]  # oldest first
-            new = [query_id for query_id, _, _, holder in brief if holder != me]
-            stale = [
-                query_id
-                for query_id, version, admitted, holder in brief
-                if holder == me and not _stands(held.get(query_id), version, admitted)
-            ]
+            async with self._driver.connect() as conn:
+                brief = await conn.tuples(_CLAIMABLE_BRIEF, {"me": holder, "now": now})
+            ids: list[str] = []  # oldest first
+            new: list[str] = []
+            stale: list[str] = []
+            # Thousands of rows: looked at a chunk at a time, letting the loop run between.
+            for start in range(0, len(brief), CLAIM_CHUNK):
+                if start:
+                    await asyncio.sleep(0)
+                for query_id, version, admitted, lease_holder in brief[start : start + CLAIM_CHUNK]:
+                    ids.append(query_id)
+                    if lease_holder != holder:
+                        new.append(query_id)
+                    elif not _stands(held.get(query_id), version, admitted):
+                        stale.append(query_id)
             taking = ids if renew else new  # renewing: the leases held with the new ones
-            for start in range(0, len(taking), CLAIM_CHUNK):
-                conn.execute(_TAKE, {**params, "ids": taking[start : start + CLAIM_CHUNK]})
-            # Read whole: the rows taken (a row another process took meanwhile is not read)
-            # and those of the held queries that changed. The records are made chunk by
-            # chunk, between the chunks' round trips (which let the event loop run):
-            # thousands made at once would hold it for tens of ms.
             fresh: dict[str, QueryRecord] = {}
-            wanted = new + stale
-            for start in range(0, len(wanted), CLAIM_CHUNK):
-                chunk = {**params, "ids": wanted[start : start + CLAIM_CHUNK]}
-                fresh.update((r["id"], _record(r)) for r in conn.execute(_HELD, chunk).mappings())
-        unread = set(wanted)
+            if taking or new or stale:
+                fresh = await greenlet_spawn(self._take, params, taking, new + stale)
+        await asyncio.sleep(0)
+        unread = {*new, *stale}
         return [
             fresh[query_id] if query_id in unread else held[query_id]
             for query_id in ids
             if query_id in fresh or query_id not in unread
         ]
+
+    def _take(
+        self, params: dict[str, Any], taking: list[str], wanted: list[str]
+    ) -> dict[str, QueryRecord]:
+        """Take (or renew) the leases of `taking`, then read whole the rows of `wanted`
+        this process holds: the ones taken (a row another process took meanwhile is not
+        read) and the held ones that changed. The records are made chunk by chunk,
+        between the chunks' round trips (which let the event loop run): thousands made
+        at once would hold it for tens of ms."""
+        fresh: dict[str, QueryRecord] = {}
+        with self._sync.connect() as conn:
+            for start in range(0, len(taking), CLAIM_CHUNK):
+                conn.execute(_TAKE, {**params, "ids": taking[start : start + CLAIM_CHUNK]})
+            for start in range(0, len(wanted), CLAIM_CHUNK):
+                chunk = {**params, "ids": wanted[start : start + CLAIM_CHUNK]}
+                fresh.update((r["id"], _record(r)) for r in conn.execute(_HELD, chunk).mappings())
+        return fresh
 
     async def release(self, holder: str, keep: Collection[str] = ()) -> int:
         """End every lease of `holder` (a stopping process) but those of the queries in

@@ -174,16 +174,20 @@ def _naive_utc(value: Any) -> datetime | None:
     return when
 
 
-# The answers to the status calls, taken as JSON decodes them (see _StatusParser).
-_UNWALKED_SHAPES = frozenset({"BatchGetQueryExecutionOutput", "GetQueryExecutionOutput"})
+# The answers taken as JSON decodes them (see _StatusParser).
+_UNWALKED_SHAPES = frozenset(
+    {"BatchGetQueryExecutionOutput", "GetQueryExecutionOutput", "GetQueryResultsOutput"}
+)
 
 
 class _StatusParser(AioJSONParser):  # type: ignore[misc]
-    """botocore's parser of JSON answers, but the answer to a status call is taken as
-    JSON decodes it, without botocore's walk of it against the service model: with
-    thousands of queries in flight that walk was a third of the poller's CPU (50
-    executions per answer, each field converted one at a time). `_execution` reads the
-    few fields it needs, its timestamps included. Errors are parsed as before."""
+    """botocore's parser of JSON answers, but the answers to status calls and to
+    GetQueryResults are taken as JSON decodes them, without botocore's walk of them
+    against the service model: with thousands of queries in flight that walk was a third
+    of the poller's CPU (50 executions per answer, each field converted one at a time),
+    and it converts each cell of a page of rows. `_execution` reads the few fields it
+    needs, its timestamps included; a page's fields are strings and numbers already.
+    Errors are parsed as before."""
 
     def _handle_json_body(self, raw_body: bytes, shape: Any) -> Any:
         if shape is not None and shape.name in _UNWALKED_SHAPES:

@@ -202,7 +202,9 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
     assert refused
     assert {line["level"] for line in refused} == {"WARNING"}
     backs_off = messages.count("the store is unavailable; polling backs off")
-    assert 1 <= backs_off <= len(outage.ways)
+    # Where reads go on (SQLite's write lock), a tick whose claim only reads (its leases
+    # renewed once half spent) may not meet the outage at all.
+    assert (1 if outage.reads_stop else 0) <= backs_off <= len(outage.ways)
     assert messages.count("the store answers again; polling resumes") == backs_off
 
 

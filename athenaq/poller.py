@@ -98,6 +98,10 @@ class Poller:
         # jitter), and when (time.monotonic()) they are tried again. Athena is not asked about them
         # meanwhile: their executions have SUCCEEDED and stay so.
         self._store_retries: dict[str, tuple[float, float]] = {}
+        # When (time.monotonic()) each query's latest store of results ended: a tick that
+        # began before it holds that query's record as read before the store's writes (a
+        # RUNNING one that is SUCCEEDED now), and must not start storing it again.
+        self._stores_ended: dict[str, float] = {}
         # While the store is out of reach: the latest wait (seconds; 0 while it answers),
         # and when (time.monotonic()) the next tick asks it again.
         self._store_backoff = 0.0
@@ -189,11 +193,14 @@ class Poller:
         self._forget_retries({r.athena_execution_id for r in records})
         await asyncio.sleep(0)
         now = time.monotonic()
+        # Stores that ended before this tick began are in what its claim read.
+        self._stores_ended = {i: t for i, t in self._stores_ended.items() if t >= started}
         watched = {
             r.athena_execution_id: r
             for r in records
             if r.athena_execution_id is not None
             and not self.tasks.running(DOWNLOAD, r.id)
+            and r.id not in self._stores_ended
             and not self._waiting_to_store(r.athena_execution_id, now)
         }
         if watched:
@@ -236,6 +243,8 @@ class Poller:
                     athena_query_execution_id=execution.execution_id,
                 )
                 return
+            finally:
+                self._stores_ended[query_id] = time.monotonic()
         if stored:
             self._store_retries.pop(execution.execution_id, None)
             self.launcher.slot_freed()

@@ -37,6 +37,7 @@ from athenaq.ratelimit import RateLimiter
 from athenaq.results import ResultFiles
 from athenaq.states import Lease
 from athenaq.store import Store
+from athenaq.storing import ResultsStorer
 from athenaq.tasks import TaskRegistry
 
 # Where the embedded local engine keeps the result objects Athena would put in S3.
@@ -128,12 +129,13 @@ class Service:
             athena = await self._stack.enter_async_context(await self._open_athena(results))
             await asyncio.to_thread(results.prepare)
             lookup = Lookup(store, results)
-            machine = Machine(
+            machine = Machine(store, lease=self.lease)
+            storer = ResultsStorer(
+                machine,
                 store,
                 results,
                 Ingest(athena, results, config.results.first_page_rows),
                 store_retry=timedelta(minutes=config.results.store_retry_minutes),
-                lease=self.lease,
             )
             commands = Commands(
                 machine,
@@ -156,6 +158,7 @@ class Service:
                 store,
                 athena,
                 machine,
+                storer,
                 launcher,
                 self.tasks,
                 config.poller.interval_seconds,

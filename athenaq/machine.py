@@ -1,7 +1,7 @@
 """The machine: the one writer of a query's state.
 
-Handlers (submit, cancel, refresh) and the poller (Athena's observations) change
-a query only through `Machine.apply`, which checks the transition table
+What clients ask (commands.py), Athena's observations (the poller) and stored results
+(storing.py) change a query only through `Machine.apply`, which checks the transition table
 (athenaq/states.py) and writes the move with a compare-and-set in the store.
 Transitions of one query are also serialized in this process by a per-id lock: the
 lock saves work, the SQL guard keeps several processes correct.
@@ -10,23 +10,18 @@ lock saves work, the SQL guard keeps several processes correct.
 from __future__ import annotations
 
 import dataclasses
-import re
 import uuid
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loguru import logger
 
-from athenaq.athena import AthenaCallError, Execution
-from athenaq.clock import isoformat, utcnow
+from athenaq.athena import Execution
+from athenaq.clock import utcnow
 from athenaq.errors import (
     TooManyQueries,
 )
 from athenaq.identity import POLLER, Caller
-from athenaq.ingest import Ingest
-from athenaq.results import ResultFiles
 from athenaq.states import Event, Lease, QueryRecord, QueryState, next_state
 from athenaq.store import Store
 from athenaq.store.keys import RunningLimitReached
@@ -37,11 +32,6 @@ Q = QueryState
 RACE_RETRIES = 5
 # When a caller at its max_running may try again: queries take seconds at the least.
 RUNNING_LIMIT_RETRY_SECONDS = 5
-# The state_reason of a RUNNING query whose results could not be written. It carries the
-# time of the first failure, so every process, and a restarted one, counts the retries'
-# deadline from that failure (see _failing_since).
-STORE_RETRY_REASON = "results could not be stored since {since}, trying again: {error}"
-_STORE_RETRY_SINCE = re.compile(r"^results could not be stored since (\S+), trying again: ")
 
 
 class Machine:
@@ -50,19 +40,12 @@ class Machine:
     def __init__(
         self,
         store: Store,
-        results: ResultFiles,
-        ingest: Ingest,
         *,
-        store_retry: timedelta,
         lease: Lease,
     ) -> None:
         self.store = store
         # This process's: a query it submits or refreshes is its own to start and poll.
         self.lease = lease
-        self.results = results
-        self.ingest = ingest
-        # How long results that cannot be written are tried again before the query fails.
-        self.store_retry = store_retry
         self.lock = KeyedLock()
 
     # -- the single writer --------------------------------------------------------------
@@ -152,12 +135,12 @@ class Machine:
         must be stored; None otherwise."""
         execution_id = execution.execution_id
         async with self.lock(query_id):
-            if known is not None and _tracks(known, execution_id):
+            if known is not None and tracks(known, execution_id):
                 try:
                     return await self._observed(known, execution)
                 except _RaceLost:
                     pass  # another writer changed it since: read it and decide again
-            current = await self._tracking(query_id, execution_id)
+            current = await self.tracking(query_id, execution_id)
             if current is None:
                 return None  # a stale observation: refreshed or finished meanwhile
             try:
@@ -204,7 +187,7 @@ class Machine:
     async def execution_lost(self, query_id: str, execution_id: str, message: str) -> None:
         """Athena no longer knows the execution (expired history): the query cannot finish."""
         async with self.lock(query_id):
-            if current := await self._tracking(query_id, execution_id):
+            if current := await self.tracking(query_id, execution_id):
                 await self.apply(
                     current,
                     Event.FAIL,
@@ -213,131 +196,19 @@ class Machine:
                     changes={"completed_at": utcnow()},
                 )
 
-    async def store_results(
-        self,
-        query_id: str,
-        execution: Execution,
-        known: QueryRecord | None = None,
-        large: AbstractAsyncContextManager[object] | None = None,
-    ) -> bool:
-        """Store a SUCCEEDED execution's results, then (and only then) set SUCCEEDED.
-
-        `known` is the query as `observe` left it: SUCCEEDED is tried on it without a
-        read, and a lost compare-and-set reads the query again. `large` bounds the
-        downloads of results their first page does not hold (Ingest.store).
-
-        The ingest holds no lock: cancels, refreshes and other queries go on meanwhile.
-        Returns False when the results could not be written (a full or unwritable disk):
-        the query stays RUNNING, its state_reason says why, and the caller tries again
-        later, until `store_retry` has passed since the first failure; then it is FAILED.
-        Raises AthenaCallError when Athena could not give them for a passing reason
-        (throttled, out of reach): the next poll tries again."""
-        execution_id = execution.execution_id
-        try:
-            stored = await self.ingest.store(query_id, execution, large)
-        except OSError as exc:
-            # Athena's transport errors arrive as AthenaCallError: an OSError here is the
-            # results folder's (full, over quota, read-only, gone, refused), which an
-            # operator can heal; the same execution's results are then read again.
-            return await self._store_failed(query_id, execution, exc)
-        except AthenaCallError as exc:
-            if not exc.is_client_error:
-                raise
-            async with self.lock(query_id):
-                if current := await self._tracking(query_id, execution_id):
-                    reason = f"results could not be stored: {exc}"
-                    await self.apply(
-                        current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
-                    )
-            return True
-        changes = {
-            **execution.statistics,
-            "results_at": utcnow(),
-            "row_count": stored.row_count,
-            "results_source": stored.source,
-        }
-        async with self.lock(query_id):
-            for _ in range(RACE_RETRIES):
-                if known is not None and _tracks(known, execution_id):
-                    current, known = known, None
-                else:
-                    current = await self._tracking(query_id, execution_id)
-                if current is None:
-                    break
-                # A lost compare-and-set means another writer touched the row (a cancel
-                # request, another process's ingest): read again and retry.
-                if await self.apply(
-                    current, Event.SUCCEED, by=POLLER, reason="results stored", changes=changes
-                ):
-                    return True
-            latest = await self.store.get(query_id)
-            if not (
-                latest
-                and latest.state == Q.SUCCEEDED
-                and latest.athena_execution_id == execution_id
-            ):
-                # Cancelled or refreshed while storing: this result belongs to nobody.
-                await self.results.delete(query_id, execution_id)
-        return True
-
-    async def _store_failed(self, query_id: str, execution: Execution, error: OSError) -> bool:
-        """Note that the results could not be written, keeping the time of the first
-        failure; FAIL the query once `store_retry` has passed since then. False while
-        it is to be tried again."""
-        fields = {"query_id": query_id, "athena_query_execution_id": execution.execution_id}
-        async with self.lock(query_id):
-            for _ in range(RACE_RETRIES):
-                current = await self._tracking(query_id, execution.execution_id)
-                if current is None:
-                    return True  # cancelled or refreshed meanwhile: nothing to store
-                now = utcnow()
-                since = _failing_since(current.state_reason) or now
-                if now - since >= self.store_retry:
-                    reason = f"results could not be stored since {isoformat(since)}: {error}"
-                    if await self.apply(
-                        current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
-                    ):
-                        return True
-                    continue
-                reason = STORE_RETRY_REASON.format(since=isoformat(since), error=error)
-                if reason == current.state_reason or await self.store.update(
-                    current, {"state_reason": reason}
-                ):
-                    logger.warning(
-                        "results could not be stored; trying again",
-                        since=isoformat(since),
-                        error=str(error),
-                        **fields,
-                    )
-                    return False
-        logger.warning("the query kept changing; its results are tried again", **fields)
-        return False
-
-    async def _tracking(self, query_id: str, execution_id: str) -> QueryRecord | None:
+    async def tracking(self, query_id: str, execution_id: str) -> QueryRecord | None:
         """The query as stored, if it is unfinished and its execution is `execution_id`."""
         current = await self.store.get(query_id)
-        return current if current is not None and _tracks(current, execution_id) else None
+        return current if current is not None and tracks(current, execution_id) else None
 
 
 class _RaceLost(Exception):
     """A compare-and-set lost: another writer changed the query since it was read."""
 
 
-def _tracks(record: QueryRecord, execution_id: str) -> bool:
+def tracks(record: QueryRecord, execution_id: str) -> bool:
     """Whether `record` is unfinished with `execution_id` as its current execution."""
     return not record.is_finished and record.athena_execution_id == execution_id
-
-
-def _failing_since(reason: str | None) -> datetime | None:
-    """When the results of a RUNNING query were first found unwritable, as its
-    state_reason (STORE_RETRY_REASON) says; None when they were not."""
-    found = _STORE_RETRY_SINCE.match(reason or "")
-    if found is None:
-        return None
-    try:
-        return datetime.fromisoformat(found[1]).astimezone(UTC).replace(tzinfo=None)
-    except ValueError:
-        return None
 
 
 def _too_many(exc: RunningLimitReached) -> TooManyQueries:

@@ -32,6 +32,7 @@ from athenaq.launcher import Launcher
 from athenaq.machine import Machine
 from athenaq.states import Lease, QueryRecord, QueryState
 from athenaq.store import Store
+from athenaq.storing import ResultsStorer
 from athenaq.tasks import TaskRegistry
 
 Q = QueryState
@@ -63,6 +64,7 @@ class Poller:
         store: Store,
         athena: Athena,
         machine: Machine,
+        storer: ResultsStorer,
         launcher: Launcher,
         tasks: TaskRegistry,
         interval_seconds: float,
@@ -75,6 +77,7 @@ class Poller:
         self.store = store
         self.athena = athena
         self.machine = machine
+        self.storer = storer
         self.launcher = launcher
         self.tasks = tasks
         self.interval_seconds = interval_seconds
@@ -233,7 +236,7 @@ class Poller:
         slot = _Slot(self._store_slots)
         async with slot:
             try:
-                stored = await self.machine.store_results(
+                stored = await self.storer.store_results(
                     query_id, execution, record, self._large(slot)
                 )
             except Exception:

@@ -35,7 +35,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -51,7 +50,16 @@ import asyncmy
 import psutil  # type: ignore[import-untyped]
 from service import connect_args, execute, machine
 
-from results import AWS_ENV, Processes, cpu_seconds, engine_url, server_url, wait_for_line
+from results import (
+    AWS_ENV,
+    Processes,
+    athenaq_config,
+    cpu_seconds,
+    engine_url,
+    guarded,
+    server_url,
+    wait_for_line,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "mysql://root:@127.0.0.1:3306"
@@ -286,7 +294,7 @@ async def measure(
     endpoint = wait_for_line("athena double", double, double_log, engine_url)
     db_url = f"{args.db}/{args.database}"
     config = work / "athenaq.json"
-    config.write_text(json.dumps(athenaq_config(work, db_url, endpoint, args)))
+    config.write_text(json.dumps(poller_config(work, db_url, endpoint, args)))
     log = work / "athenaq.log"
     server_env = {**env, "PYTHONPATH": args.source} if args.source else env
     child = processes.start([sys.executable, __file__, "serve", str(config)], log, server_env)
@@ -384,26 +392,13 @@ def report(
 # --- main ------------------------------------------------------------------------------
 
 
-def athenaq_config(
+def poller_config(
     work: Path, db_url: str, endpoint: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    return {
-        "server": {"host": "127.0.0.1", "port": 0},
-        "database": {"url": db_url},
-        "athena": {
-            "region": AWS_ENV["AWS_DEFAULT_REGION"],
-            "database": "default",
-            "workgroup": "primary",
-            "output_location": "s3://athenaq-bench/results/",
-            "endpoint_url": endpoint,
-            # Every query in flight runs in Athena at once (admission control would keep
-            # all but 20 QUEUED); a --source from before it lacks the key.
-            **({} if args.uncapped else {"max_running": args.queries}),
-        },
-        "s3": {"endpoint_url": endpoint},
-        "results": {"dir": str(work / "results")},
-        "poller": {"interval_seconds": args.interval},
-    }
+    # Every query in flight runs in Athena at once (admission control would keep all but
+    # 20 QUEUED); a --source from before it lacks the key.
+    athena: dict[str, Any] = {} if args.uncapped else {"max_running": args.queries}
+    return athenaq_config(work, db_url, endpoint, args.interval, **athena)
 
 
 async def run(processes: Processes, work: Path, args: argparse.Namespace) -> str:
@@ -472,17 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("asyncmy").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="athenaq-bench-"))
     processes = Processes()
-    try:
+
+    def bench() -> int:
         print(asyncio.run(run(processes, work, args)))
         return 0
-    except Exception as exc:
-        print(f"bench failed: {type(exc).__name__}: {exc} (logs in {work})", file=sys.stderr)
-        args.keep = True
-        return 1
-    finally:
-        processes.stop_all()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+
+    return guarded(work, processes, args.keep, bench)
 
 
 if __name__ == "__main__":

@@ -151,21 +151,46 @@ def server_url(line: str) -> str | None:
     return None
 
 
-def server_config(work: Path, endpoint: str) -> dict[str, Any]:
+def athenaq_config(
+    work: Path, db_url: str, endpoint: str, interval: float, **athena: Any
+) -> dict[str, Any]:
+    """The config of an athenaq server under benchmark: a free port, the store at
+    `db_url`, Athena and S3 at `endpoint`, results under `work`, the poller ticking every
+    `interval` seconds; `athena` adds keys of its section (max_running)."""
     return {
         "server": {"host": "127.0.0.1", "port": 0},
-        "database": {"url": f"sqlite:///{work / 'athenaq.db'}"},
+        "database": {"url": db_url},
         "athena": {
             "region": REGION,
             "database": "default",
             "workgroup": "primary",
             "output_location": OUTPUT_LOCATION,
             "endpoint_url": endpoint,
+            **athena,
         },
         "s3": {"endpoint_url": endpoint},
         "results": {"dir": str(work / "results")},
-        "poller": {"interval_seconds": 0.2},
+        "poller": {"interval_seconds": interval},
     }
+
+
+def server_config(work: Path, endpoint: str) -> dict[str, Any]:
+    return athenaq_config(work, f"sqlite:///{work / 'athenaq.db'}", endpoint, 0.2)
+
+
+def guarded(work: Path, processes: Processes, keep: bool, bench: Callable[[], int]) -> int:
+    """Run `bench`; stop the processes it started, whatever happens, and remove `work`
+    unless `keep` or the run failed (its logs are there then)."""
+    try:
+        return bench()
+    except Exception as exc:
+        print(f"bench failed: {type(exc).__name__}: {exc} (logs in {work})", file=sys.stderr)
+        keep = True
+        return 1
+    finally:
+        processes.stop_all()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # --- memory ----------------------------------------------------------------------------
@@ -658,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, **AWS_ENV}
     os.environ.update(AWS_ENV)
     processes = Processes()
-    try:
+
+    def bench() -> int:
         bin_dir = Path(sys.executable).parent
         engine_log = work / "engine.log"
         engine = processes.start(
@@ -686,14 +712,8 @@ def main(argv: list[str] | None = None) -> int:
             table = asyncio.run(measure(endpoint, engine.pid, base, server_log, rss, args))
         print(table)
         return 0
-    except Exception as exc:
-        print(f"bench failed: {type(exc).__name__}: {exc} (logs in {work})", file=sys.stderr)
-        args.keep = True
-        return 1
-    finally:
-        processes.stop_all()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+
+    return guarded(work, processes, args.keep, bench)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import logging
 import os
 import platform
 import pstats
-import shutil
 import signal
 import statistics
 import sys
@@ -62,7 +61,15 @@ import psutil  # type: ignore[import-untyped]
 from loguru import logger
 
 from athenaq.store import Store
-from results import AWS_ENV, Processes, engine_url, server_url, wait_for_line
+from results import (
+    AWS_ENV,
+    Processes,
+    athenaq_config,
+    engine_url,
+    guarded,
+    server_url,
+    wait_for_line,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "mysql://root:@127.0.0.1:3306"
@@ -548,7 +555,7 @@ async def profile(
     password = f":{parts.password}" if parts.password else ":"
     db_url = f"mysql://{user}{password}@127.0.0.1:{relay_port}/{database}"
     config = work / "profile.json"
-    config.write_text(json.dumps(athenaq_config(work / "profile", db_url, endpoint, args)))
+    config.write_text(json.dumps(service_config(work / "profile", db_url, endpoint, args)))
     log = work / "profile.log"
     # Started with the relay serving in this loop: the store connects at once.
     argv = [sys.executable, __file__, "profiled", str(work / "profile.prof")]
@@ -761,28 +768,14 @@ def report(
 # --- main ------------------------------------------------------------------------------
 
 
-def athenaq_config(
+def service_config(
     work: Path, db_url: str, endpoint: str, args: argparse.Namespace, *, capped: bool = True
 ) -> dict[str, Any]:
     """`capped`: give athena.max_running (a baseline from before admission control lacks
     the key). Room for every submit of the run: the poller does not tick to free slots,
     and the measure is of the request path, an admission per submit included."""
     athena: dict[str, Any] = {"max_running": MAX_RUNNING} if capped else {}
-    return {
-        "server": {"host": "127.0.0.1", "port": 0},
-        "database": {"url": db_url},
-        "athena": {
-            "region": AWS_ENV["AWS_DEFAULT_REGION"],
-            "database": "default",
-            "workgroup": "primary",
-            "output_location": "s3://athenaq-bench/results/",
-            "endpoint_url": endpoint,
-            **athena,
-        },
-        "s3": {"endpoint_url": endpoint},
-        "results": {"dir": str(work / "results")},
-        "poller": {"interval_seconds": args.poller_interval},
-    }
+    return athenaq_config(work, db_url, endpoint, args.poller_interval, **athena)
 
 
 async def run(processes: Processes, work: Path, args: argparse.Namespace) -> str:
@@ -805,7 +798,7 @@ async def run(processes: Processes, work: Path, args: argparse.Namespace) -> str
         endpoint = wait_for_line("athena double", double, double_log, engine_url)
         athenaq_db = f"{args.db}/{names[0]}"
         config = work / "athenaq.json"
-        config.write_text(json.dumps(athenaq_config(work, athenaq_db, endpoint, args)))
+        config.write_text(json.dumps(service_config(work, athenaq_db, endpoint, args)))
         log = work / "athenaq.log"
         child = processes.start(
             [sys.executable, "-m", "athenaq", "--config", str(config)], log, env
@@ -824,7 +817,7 @@ async def run(processes: Processes, work: Path, args: argparse.Namespace) -> str
             baseline_db = f"{args.db}/{names[-1]}"
             config = work / "baseline.json"
             capped = args.baseline_capped
-            document = athenaq_config(work, baseline_db, endpoint, args, capped=capped)
+            document = service_config(work, baseline_db, endpoint, args, capped=capped)
             config.write_text(json.dumps(document))
             log = work / "baseline.log"
             child = processes.start(
@@ -909,17 +902,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("asyncmy").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="athenaq-bench-"))
     processes = Processes()
-    try:
+
+    def bench() -> int:
         print(asyncio.run(run(processes, work, args)))
         return 0
-    except Exception as exc:
-        print(f"bench failed: {type(exc).__name__}: {exc} (logs in {work})", file=sys.stderr)
-        args.keep = True
-        return 1
-    finally:
-        processes.stop_all()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+
+    return guarded(work, processes, args.keep, bench)
 
 
 if __name__ == "__main__":

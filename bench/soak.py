@@ -44,7 +44,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -60,7 +59,16 @@ import asyncmy
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from athenaq.store import Store
-from results import AWS_ENV, Processes, engine_url, machine, server_url, wait_for_line
+from results import (
+    AWS_ENV,
+    Processes,
+    athenaq_config,
+    engine_url,
+    guarded,
+    machine,
+    server_url,
+    wait_for_line,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The proxy and the history check are shared with the tests; neither imports pytest.
@@ -362,23 +370,6 @@ class Watch:
             fds = max(abs(s.fds - reference.fds) for s in after)
             rows.append((pid, reference, rss, fds / reference.fds, fds, after[-1].fds))
         return rows
-
-
-def athenaq_config(work: Path, db_url: str, endpoint: str, interval: float) -> dict[str, Any]:
-    return {
-        "server": {"host": "127.0.0.1", "port": 0},
-        "database": {"url": db_url},
-        "athena": {
-            "region": AWS_ENV["AWS_DEFAULT_REGION"],
-            "database": "default",
-            "workgroup": "primary",
-            "output_location": "s3://athenaq-soak/results/",
-            "endpoint_url": endpoint,
-        },
-        "s3": {"endpoint_url": endpoint},
-        "results": {"dir": str(work / "results")},
-        "poller": {"interval_seconds": interval},
-    }
 
 
 def connect_args(url: str) -> dict[str, Any]:
@@ -684,16 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="athenaq-soak-"))
     processes = Processes()
-    try:
-        status = asyncio.run(run(processes, work, args))
-    except Exception as exc:
-        print(f"bench failed: {type(exc).__name__}: {exc} (logs in {work})", file=sys.stderr)
-        args.keep = True
-        return 1
-    finally:
-        processes.stop_all()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    status = guarded(work, processes, args.keep, lambda: asyncio.run(run(processes, work, args)))
     if status:
         print(f"logs in {work}" if args.keep else "run with --keep to keep the logs")
     return status

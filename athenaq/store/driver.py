@@ -182,7 +182,16 @@ class DriverPool:
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[DriverConnection]:
-        connection = await greenlet_spawn(self._engine.raw_connection)
+        # A checkout cut by the store's deadline goes on by itself and gives back what it
+        # got: cut mid-connect, the drivers drop the connection they were making without
+        # closing it (aiosqlite's thread opens the file all the same), and a connection
+        # taken from the pool after the deadline would never return to it.
+        checkout = asyncio.ensure_future(greenlet_spawn(self._engine.raw_connection))
+        try:
+            connection = await asyncio.shield(checkout)
+        except asyncio.CancelledError:
+            checkout.add_done_callback(_give_back)
+            raise
         try:
             yield DriverConnection(connection.driver_connection, self)
         except BaseException as exc:
@@ -223,3 +232,10 @@ class DriverPool:
         for thread in self._closing:
             await asyncio.to_thread(thread.join)
         self._closing.clear()
+
+
+def _give_back(checkout: asyncio.Future[PoolProxiedConnection]) -> None:
+    """Return to the pool the connection of a checkout nobody waits for any more."""
+    if checkout.cancelled() or checkout.exception() is not None:
+        return  # the store is out of reach: nothing was made (the error is no news)
+    checkout.result().close()

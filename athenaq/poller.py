@@ -83,7 +83,6 @@ class Poller:
         self.interval_seconds = interval_seconds
         self.lease = lease
         self.max_calls = max_calls
-        self._calls = asyncio.Semaphore(max_calls)
         # Results being stored (their first page read, written, their query moved), and
         # among them the large ones being downloaded: a large download gives its store
         # slot back while it waits for and holds a download slot, so the tiny results,
@@ -377,11 +376,10 @@ class Poller:
         async def worker() -> None:
             resumed = time.perf_counter()
             for work in pending:
-                async with self._calls:
-                    try:
-                        await work
-                    except Exception:
-                        logger.exception("poller step failed")
+                try:
+                    await work
+                except Exception:
+                    logger.exception("poller step failed")
                 if time.perf_counter() - resumed > YIELD_SECONDS:
                     await asyncio.sleep(0)
                     resumed = time.perf_counter()

@@ -26,10 +26,7 @@ class TaskRegistry:
         """Run `work` as its own task unless one of `kind` for `key` is under way; False
         (and `work` closed unstarted) then."""
         name = (kind, key)
-        earlier = self._tasks.get(name)
-        # A task that has just ended is still listed until its done callback runs: it is
-        # under way no more, and a new one may start.
-        if earlier is not None and not earlier.done():
+        if self.running(kind, key):
             work.close()
             return False
         task = asyncio.ensure_future(self._run(kind, key, work))
@@ -49,7 +46,10 @@ class TaskRegistry:
             logger.exception("background work failed", task=kind, query_id=key)
 
     def running(self, kind: str, key: str) -> bool:
-        return (kind, key) in self._tasks
+        # A task that has just ended is still listed until its done callback runs: it is
+        # under way no more, and a new one may start.
+        task = self._tasks.get((kind, key))
+        return task is not None and not task.done()
 
     def keys(self, kind: str) -> list[str]:
         """The keys that have a task of `kind` under way."""

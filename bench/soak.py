@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncmy
+from service import execute
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from athenaq.store import Store
@@ -372,25 +372,6 @@ class Watch:
         return rows
 
 
-def connect_args(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 3306,
-        "user": parts.username or "root",
-        "password": parts.password or "",
-    }
-
-
-async def drop_database(server: str, name: str) -> None:
-    conn = await asyncmy.connect(**connect_args(server), autocommit=True)
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    finally:
-        await conn.ensure_closed()
-
-
 async def histories(db_url: str, ids: list[str]) -> tuple[list[str], int]:
     """The queries whose history is no legal path, and the number of transitions read."""
     store = await Store.connect(db_url, maxsize=4)
@@ -530,7 +511,7 @@ async def run(processes: Processes, work: Path, args: argparse.Namespace) -> int
             codes = await asyncio.to_thread(stop, children)
         illegal, moves_read = await histories(direct_db, list(finals))
     finally:
-        await drop_database(args.db, database)
+        await execute(args.db, f"DROP DATABASE IF EXISTS `{database}`")
 
     wrong = []
     for query_id, tracked in soak.queries.items():

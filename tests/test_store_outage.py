@@ -286,8 +286,8 @@ async def test_a_deadline_ends_a_block_that_swallowed_its_cancel() -> None:
     async def swallowing() -> None:
         # wait_for's answer when its operation completes as the cancel arrives:
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.sleep(30)
-        await asyncio.sleep(30)  # then a read on a connection that never answers
+            await asyncio.Event().wait()
+        await asyncio.Event().wait()  # then a read on a connection that never answers
 
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.2 s"):
@@ -302,12 +302,15 @@ async def test_a_deadline_ends_a_block_that_swallowed_its_cancel() -> None:
 async def test_a_cancel_from_outside_passes_through_a_deadline() -> None:
     """A caller's own cancel (a client gone, a shutdown) stays a cancel, not a 503."""
 
+    inside = asyncio.Event()
+
     async def waiting() -> None:
         async with Deadline(30):
-            await asyncio.sleep(30)
+            inside.set()
+            await asyncio.Event().wait()
 
     task = asyncio.ensure_future(waiting())
-    await asyncio.sleep(0.01)
+    await wait_for(inside.is_set, what="the block to begin")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

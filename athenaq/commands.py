@@ -15,7 +15,14 @@ from athenaq.lookup import Lookup
 from athenaq.machine import RACE_RETRIES, Machine
 from athenaq.policy import Policy
 from athenaq.results import ResultFiles
-from athenaq.states import EXECUTION_FIELDS, Event, QueryRecord, QueryState
+from athenaq.states import (
+    EXECUTION_FIELDS,
+    NO_OPTIONS,
+    Event,
+    QueryRecord,
+    QueryState,
+    SubmitOptions,
+)
 from athenaq.store import Store
 
 Q = QueryState
@@ -46,10 +53,12 @@ class Commands:
         self.database = database
         self.workgroup = workgroup
 
-    async def submit(self, sql: str, caller: Caller) -> QueryRecord:
+    async def submit(
+        self, sql: str, caller: Caller, options: SubmitOptions = NO_OPTIONS
+    ) -> QueryRecord:
         """Record a new QUEUED query of `caller` (the launcher sends it to Athena)."""
         await self.policy.admit(caller, sql, self.database, self.workgroup)
-        return await self.machine.create(sql, self.database, self.workgroup, caller)
+        return await self.machine.create(sql, self.database, self.workgroup, caller, options)
 
     async def refresh(self, query_id: str, caller: Caller) -> QueryRecord:
         """Put a finished query of `caller`'s back to QUEUED for a new Athena execution.

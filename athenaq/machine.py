@@ -22,7 +22,15 @@ from athenaq.errors import (
     TooManyQueries,
 )
 from athenaq.identity import POLLER, Caller
-from athenaq.states import Event, Lease, QueryRecord, QueryState, next_state
+from athenaq.states import (
+    NO_OPTIONS,
+    Event,
+    Lease,
+    QueryRecord,
+    QueryState,
+    SubmitOptions,
+    next_state,
+)
 from athenaq.store import Store
 from athenaq.store.keys import RunningLimitReached
 from athenaq.tasks import KeyedLock
@@ -94,7 +102,14 @@ class Machine:
 
     # -- a new query ------------------------------------------------------------------
 
-    async def create(self, sql: str, database: str, workgroup: str, caller: Caller) -> QueryRecord:
+    async def create(
+        self,
+        sql: str,
+        database: str,
+        workgroup: str,
+        caller: Caller,
+        options: SubmitOptions = NO_OPTIONS,
+    ) -> QueryRecord:
         """Record a new QUEUED query of `caller`, held by this process, which starts it.
 
         Raises TooManyQueries when the owner has its max_running unfinished queries."""
@@ -106,6 +121,7 @@ class Machine:
                 workgroup,
                 reason="submitted",
                 owner=caller.name,
+                options=options,
                 running_limit=caller.max_running,
                 lease_holder=self.lease.holder,
                 lease_expires_at=self.lease.expires(utcnow()),

@@ -119,6 +119,20 @@ class QueryRecord:
     # When this run took one of athena.max_running's slots; None while it waits for one
     # (only an admitted query is sent to Athena).
     admitted_at: datetime | None = None
+    # What the client asked besides the SQL (SubmitOptions), as submitted.
+    catalog: str = "AwsDataCatalog"
+    parameters: tuple[str, ...] | None = None
+    labels: Mapping[str, str] | None = None
+    cache_key: str | None = None
+    result_reuse_minutes: int | None = None
+    timeout_seconds: int | None = None
+    callback_url: str | None = None
+    # When the current run times out: timeout_seconds after its submit or refresh.
+    timeout_at: datetime | None = None
+    # Whether Athena served the current run from an earlier execution's results.
+    reused_previous_result: bool | None = None
+    # When retention removed the current run's result files.
+    results_expired_at: datetime | None = None
 
     @property
     def is_finished(self) -> bool:
@@ -140,7 +154,28 @@ EXECUTION_FIELDS = (
     "engine_execution_ms",
     "queue_ms",
     "total_execution_ms",
+    "reused_previous_result",
+    "results_expired_at",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOptions:
+    """What a submit may ask besides the SQL, its database and its workgroup: Athena's
+    catalog, ExecutionParameters and result reuse; labels; athenaq's cache key; a
+    timeout; a webhook. Stored with the query as given."""
+
+    catalog: str = "AwsDataCatalog"
+    parameters: tuple[str, ...] | None = None
+    labels: Mapping[str, str] | None = None
+    cache_key: str | None = None
+    result_reuse_minutes: int | None = None
+    timeout_seconds: int | None = None
+    callback_url: str | None = None
+
+
+# A plain submit: the SQL alone.
+NO_OPTIONS = SubmitOptions()
 
 
 # The fields of a lease: a submit, a refresh or the poller's claim sets them, and they

@@ -175,8 +175,10 @@ async def test_a_release_database_is_upgraded_by_athenaq_migrate_and_served_unch
         " unfinished query and stores its results.",
         "athenaq migrate: applied revision 0004: Admission control: when each query's run"
         " took an Athena slot, and each owner's latest turn.",
+        "athenaq migrate: applied revision 0005: The query API: Athena context, options,"
+        " labels, idempotency keys, listing, cache, retention.",
     ]
-    assert head() == "0004"
+    assert head() == "0005"
     assert await schema_differences(db_url) == []
     client = Client((await start_service(config)).url)
     answers = release("answers.json")
@@ -340,9 +342,9 @@ async def test_queries_sent_before_admission_control_hold_slots_after_the_upgrad
     store = await Store.connect(db_url, maxsize=2)
     try:
         change = await store.create_schema()
-        assert change.steps == (
+        assert change.steps[0] == (
             "applied revision 0004: Admission control: when each query's run took an Athena"
-            " slot, and each owner's latest turn.",
+            " slot, and each owner's latest turn."
         )
         assert await schema_differences(db_url) == []
         admitted = {}
@@ -358,6 +360,68 @@ async def test_queries_sent_before_admission_control_hold_slots_after_the_upgrad
         assert await store.admit(3) == []
         record = await store.get(waiting)
         assert record is not None and record.admitted_at is not None
+    finally:
+        await store.close()
+
+
+async def test_queries_of_the_release_before_the_query_api_keep_their_rows_and_gain_its_defaults(
+    db_url: str,
+) -> None:
+    await upgrade_to(db_url, "0004")
+    submitted = datetime(2026, 12, 5, 9, 0, 0, 654321)
+    engine = await open_engine(db_url, 1)
+    try:
+        async with engine.begin() as conn:
+            # The columns of revision 0004: no catalog, options or labels yet.
+            await conn.execute(
+                insert(queries),
+                {
+                    "id": "00000000-0000-4000-8000-000000000005",
+                    "query_text": "SELECT 5",
+                    "database_name": "sales",
+                    "workgroup": "analysts",
+                    "state": "SUCCEEDED",
+                    "athena_execution_id": "e-5",
+                    "submitted_at": submitted,
+                    "results_at": submitted + timedelta(seconds=2),
+                    "row_count": 1,
+                    "version": 3,
+                    "updated_at": submitted,
+                    "owner": "reports",
+                    "admitted_at": submitted,
+                },
+            )
+    finally:
+        await engine.dispose()
+    store = await Store.connect(db_url, maxsize=2)
+    try:
+        change = await store.create_schema()
+        assert change.steps == (
+            "applied revision 0005: The query API: Athena context, options, labels,"
+            " idempotency keys, listing, cache, retention.",
+        )
+        assert await schema_differences(db_url) == []
+        record = await store.get("00000000-0000-4000-8000-000000000005")
+        assert record is not None
+        assert (record.query_text, record.database_name, record.workgroup) == (
+            "SELECT 5",
+            "sales",
+            "analysts",
+        )
+        assert (record.state, record.version, record.owner) == (
+            QueryState.SUCCEEDED,
+            3,
+            "reports",
+        )
+        assert (record.submitted_at, record.row_count) == (submitted, 1)
+        assert record.catalog == "AwsDataCatalog"
+        assert (record.parameters, record.labels, record.cache_key) == (None, None, None)
+        assert (record.timeout_seconds, record.timeout_at, record.callback_url) == (
+            None,
+            None,
+            None,
+        )
+        assert (record.reused_previous_result, record.results_expired_at) == (None, None)
     finally:
         await store.close()
 

@@ -10,15 +10,16 @@ import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import asyncmy
 import pytest
 
-from athenaq.states import QueryRecord, QueryState
+from athenaq.states import QueryRecord, QueryState, SubmitOptions
 from athenaq.store import Store
+from athenaq.store.tables import query_labels
 from tests.conftest import _admin_params
 
 Q = QueryState
@@ -177,6 +178,57 @@ async def test_datetimes_round_trip_naive_utc_with_microseconds(db_url: str) -> 
     for value in (stored.submitted_at, stored.updated_at, created.at):
         assert isinstance(value, datetime) and value.tzinfo is None
     assert stored.updated_at >= record.updated_at
+
+
+async def test_a_query_keeps_its_options_and_labels_as_submitted(db_url: str) -> None:
+    options = SubmitOptions(
+        catalog="lakehouse",
+        parameters=("2026-12-01", "it's", ""),
+        labels={"team": "growth", "report.id": "wk-49 ünïcode"},
+        cache_key="c" * 64,
+        result_reuse_minutes=60,
+        timeout_seconds=90,
+        callback_url="https://hooks.example.com/athenaq?x=1",
+    )
+    async with opened(db_url) as store:
+        await store.create_schema()
+        record = await store.create(
+            str(uuid.uuid4()), "SELECT ?", "sales", "wg", "submitted", owner="o", options=options
+        )
+        stored = await store.get(record.id)
+        plain = await submit(store)
+        async with store._engine.connect() as conn:
+            labels = (
+                (await conn.execute(query_labels.select().order_by(query_labels.c.label_key)))
+                .mappings()
+                .all()
+            )
+    assert stored == record
+    assert stored.catalog == "lakehouse"
+    assert stored.parameters == ("2026-12-01", "it's", "")
+    assert stored.labels == {"team": "growth", "report.id": "wk-49 ünïcode"}
+    assert (stored.cache_key, stored.result_reuse_minutes) == ("c" * 64, 60)
+    assert stored.timeout_seconds == 90
+    assert stored.timeout_at == stored.submitted_at + timedelta(seconds=90)
+    assert stored.callback_url == "https://hooks.example.com/athenaq?x=1"
+    # Labels are rows too, with the owner and submit time the listing's indexes order by.
+    assert [dict(row) for row in labels] == [
+        {
+            "query_id": record.id,
+            "label_key": key,
+            "label_value": value,
+            "owner": "o",
+            "submitted_at": record.submitted_at,
+        }
+        for key, value in sorted(options.labels.items())  # type: ignore[union-attr]
+    ]
+    # A plain submit: the default catalog, no options, no labels.
+    assert (plain.catalog, plain.parameters, plain.labels, plain.timeout_at) == (
+        "AwsDataCatalog",
+        None,
+        None,
+        None,
+    )
 
 
 async def test_a_sqlite_file_is_in_wal_mode_with_datetimes_as_iso_text(tmp_path: Path) -> None:

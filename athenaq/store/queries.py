@@ -16,6 +16,7 @@ batch within `BATCH_TIMEOUT_FACTOR` times that.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -38,9 +39,11 @@ from athenaq.identity import ApiKey, Caller
 from athenaq.states import (
     EXECUTION_FIELDS,
     LEASE_FIELDS,
+    NO_OPTIONS,
     UNFINISHED,
     QueryRecord,
     QueryState,
+    SubmitOptions,
     Transition,
 )
 from athenaq.store import admission, keys, schema
@@ -48,11 +51,11 @@ from athenaq.store.database import DEFAULT_CALL_TIMEOUT_SECONDS, open_engine, tr
 from athenaq.store.driver import DriverConnection, DriverPool
 from athenaq.store.outage import Deadline
 from athenaq.store.schema import SchemaChange
-from athenaq.store.tables import queries, query_transitions
+from athenaq.store.tables import queries, query_labels, query_transitions
 
 T = TypeVar("T")
 # Columns a transition or an update may set; anything else is a programming error.
-MUTABLE_COLUMNS = frozenset({"state_reason", "run", *EXECUTION_FIELDS, *LEASE_FIELDS})
+MUTABLE_COLUMNS = frozenset({"state_reason", "run", "timeout_at", *EXECUTION_FIELDS, *LEASE_FIELDS})
 # Ids per statement of a claim: well under SQLite's limit of bound values.
 CLAIM_CHUNK = 500
 # A claim reads and writes every unfinished query, thousands of rows, where a request's
@@ -128,6 +131,7 @@ _RELEASE = (
     .values(lease_holder=None, lease_expires_at=None)
 )
 _INSERT_QUERY = insert(queries)
+_INSERT_LABEL = insert(query_labels)
 _INSERT_TRANSITION = insert(query_transitions)
 # The guard that keeps processes correct: the row changes only if nobody else changed it
 # since it was read, and the affected-row count says whether it did. The columns to set
@@ -145,7 +149,18 @@ _COMPARE_AND_SET = (
 
 
 def _record(row: RowMapping | dict[str, Any]) -> QueryRecord:
-    return QueryRecord(**{**row, "state": QueryState(row["state"])})
+    fields = {**row, "state": QueryState(row["state"])}
+    if fields["parameters"] is not None:
+        fields["parameters"] = tuple(json.loads(fields["parameters"]))
+    if fields["labels"] is not None:
+        fields["labels"] = json.loads(fields["labels"])
+    if fields["reused_previous_result"] is not None:
+        fields["reused_previous_result"] = bool(fields["reused_previous_result"])
+    return QueryRecord(**fields)
+
+
+def _json(value: Sequence[str] | Mapping[str, str] | None) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 async def _compare_and_set(
@@ -237,12 +252,14 @@ class Store:
         reason: str,
         *,
         owner: str,
+        options: SubmitOptions = NO_OPTIONS,
         running_limit: int | None = None,
         lease_holder: str | None = None,
         lease_expires_at: datetime | None = None,
     ) -> QueryRecord:
-        """Store a new QUEUED query and the first row of its history, atomically; leased
-        to `lease_holder` (the process that takes the submit) when given.
+        """Store a new QUEUED query, its labels and the first row of its history,
+        atomically; leased to `lease_holder` (the process that takes the submit) when
+        given.
 
         With `running_limit`, raise keys.RunningLimitReached instead when the owner has
         that many unfinished queries: counted in the same transaction, so processes
@@ -263,6 +280,18 @@ class Store:
             lease_holder=lease_holder,
             lease_expires_at=lease_expires_at,
             **dict.fromkeys(EXECUTION_FIELDS),  # no execution yet
+            catalog=options.catalog,
+            parameters=options.parameters,
+            labels=options.labels,
+            cache_key=options.cache_key,
+            result_reuse_minutes=options.result_reuse_minutes,
+            timeout_seconds=options.timeout_seconds,
+            callback_url=options.callback_url,
+            timeout_at=(
+                now + timedelta(seconds=options.timeout_seconds)
+                if options.timeout_seconds is not None
+                else None
+            ),
         )
         async with Deadline(self.timeout), self._driver.transaction() as conn:
             if running_limit is not None:
@@ -282,8 +311,27 @@ class Store:
                     "owner": record.owner,
                     "lease_holder": record.lease_holder,
                     "lease_expires_at": record.lease_expires_at,
+                    "catalog": record.catalog,
+                    "parameters": _json(record.parameters),
+                    "labels": _json(record.labels),
+                    "cache_key": record.cache_key,
+                    "result_reuse_minutes": record.result_reuse_minutes,
+                    "timeout_seconds": record.timeout_seconds,
+                    "timeout_at": record.timeout_at,
+                    "callback_url": record.callback_url,
                 },
             )
+            for key, value in (record.labels or {}).items():
+                await conn.execute(
+                    _INSERT_LABEL,
+                    {
+                        "query_id": record.id,
+                        "label_key": key,
+                        "label_value": value,
+                        "owner": record.owner,
+                        "submitted_at": record.submitted_at,
+                    },
+                )
             await conn.execute(
                 _INSERT_TRANSITION,
                 {

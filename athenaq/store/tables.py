@@ -98,12 +98,43 @@ queries = Table(
     # When the current run took an Athena slot (athena.max_running); null while it waits
     # for one, and for the releases before admission control (revision 0004).
     Column("admitted_at", Timestamp()),
+    # The Athena catalog it runs in (revision 0005: `AwsDataCatalog` for the queries
+    # before it).
+    Column(
+        "catalog",
+        sqlite_text(String(256)),
+        nullable=False,
+        server_default=text("'AwsDataCatalog'"),
+    ),
+    # JSON: the list of Athena ExecutionParameters, and the object of labels; null: none.
+    Column("parameters", Text()),
+    Column("labels", Text()),
+    # SHA-256 in hex of what makes two queries the same for athenaq's cache (the
+    # normalised SQL text, parameters, database, workgroup and catalog).
+    Column("cache_key", sqlite_text(CHAR(64))),
+    Column("result_reuse_minutes", Integer()),
+    # Athena's ReusedPreviousResult for the current run (0 or 1); null: not known.
+    Column("reused_previous_result", Integer()),
+    Column("timeout_seconds", Integer()),
+    # When the current run times out (timeout_seconds after it was submitted).
+    Column("timeout_at", Timestamp()),
+    Column("callback_url", Text()),
+    # When retention removed the current run's result files.
+    Column("results_expired_at", Timestamp()),
     # The unfinished queries by state (the poller's claim); within them the admitted ones
     # (counted at each admission) and the waiting ones, by owner, oldest first (the fair
     # order of admission, and a waiting query's place in it).
     Index("queries_admission", "state", "admitted_at", "owner", "submitted_at"),
-    # An owner's unfinished queries are counted at each submit (max_running).
-    Index("queries_owner_state", "owner", "state"),
+    # An owner's unfinished queries are counted at each submit (max_running); an owner's
+    # queries of one state are listed newest first (GET /queries?state=).
+    Index("queries_owner_state_submitted", "owner", "state", "submitted_at", "id"),
+    # An owner's queries, and everyone's, newest first (GET /queries, GET /usage).
+    Index("queries_owner_submitted", "owner", "submitted_at", "id"),
+    Index("queries_submitted", "submitted_at", "id"),
+    # The athenaq cache: an owner's queries with the same cache key, by state.
+    Index("queries_cache", "owner", "cache_key", "state"),
+    # Retention: the results not yet removed, oldest first.
+    Index("queries_results_expiry", "results_expired_at", "results_at"),
     # A stopping process finds the queries it holds.
     Index("queries_lease_holder", "lease_holder"),
     mysql_charset="utf8mb4",
@@ -177,6 +208,38 @@ admission_turns = Table(
     metadata,
     Column("owner", sqlite_text(String(64)), primary_key=True),
     Column("turn", sqlite_integer(BigInteger()), nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+# A query's labels, one row each, with its owner and submit time: an owner's queries with
+# a label, and everyone's (an admin's listing), newest first from an index.
+query_labels = Table(
+    "query_labels",
+    metadata,
+    Column("query_id", sqlite_text(CHAR(36)), primary_key=True),
+    Column("label_key", sqlite_text(String(63)), primary_key=True),
+    Column("label_value", sqlite_text(String(256)), nullable=False),
+    Column("owner", sqlite_text(String(64)), nullable=False),
+    Column("submitted_at", Timestamp(), nullable=False),
+    Index("query_labels_owner", "owner", "label_key", "label_value", "submitted_at", "query_id"),
+    Index("query_labels_label", "label_key", "label_value", "submitted_at", "query_id"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+# An owner's Idempotency-Key and the answer its first request got: the query and the
+# status code, with a hash of the request to tell a reuse with another body.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("owner", sqlite_text(String(64)), primary_key=True),
+    Column("idempotency_key", sqlite_text(String(255)), primary_key=True),
+    Column("request_hash", sqlite_text(CHAR(64)), nullable=False),
+    Column("query_id", sqlite_text(CHAR(36)), nullable=False),
+    Column("status_code", Integer(), nullable=False),
+    Column("created_at", Timestamp(), nullable=False),
+    Index("idempotency_keys_created", "created_at"),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )

@@ -146,6 +146,8 @@ class Service:
                 Policy(store),
                 database=config.athena.database,
                 workgroup=config.athena.workgroup,
+                catalog=config.athena.catalog,
+                callback_hosts=config.webhooks.allowed_hosts,
             )
             interval = config.poller.interval_seconds
             cap = AdaptiveCap(

@@ -7,15 +7,26 @@ machine's per-query lock.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from urllib.parse import urlsplit
+
 from athenaq.athena import Athena, AthenaCallError
 from athenaq.clock import utcnow
-from athenaq.errors import QueryCancelled, QueryFinished, QueryRunning, ServiceUnavailable
+from athenaq.config import host_key
+from athenaq.errors import (
+    QueryCancelled,
+    QueryFinished,
+    QueryRunning,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from athenaq.identity import Caller
 from athenaq.lookup import Lookup
 from athenaq.machine import RACE_RETRIES, Machine
 from athenaq.policy import Policy
 from athenaq.results import ResultFiles
 from athenaq.states import (
+    DEFAULT_CATALOG,
     EXECUTION_FIELDS,
     NO_OPTIONS,
     Event,
@@ -42,6 +53,8 @@ class Commands:
         *,
         database: str,
         workgroup: str,
+        catalog: str = DEFAULT_CATALOG,
+        callback_hosts: tuple[str, ...] = (),
     ) -> None:
         self.machine = machine
         self.store = store
@@ -49,16 +62,46 @@ class Commands:
         self.results = results
         self.lookup = lookup
         self.policy = policy
-        # Where a submitted query runs in Athena (athena.database and athena.workgroup).
+        # Where a submitted query runs in Athena unless it says otherwise (athena.database,
+        # athena.workgroup and athena.catalog).
         self.database = database
         self.workgroup = workgroup
+        self.catalog = catalog
+        # The hosts a callback_url may name (webhooks.allowed_hosts).
+        self.callback_hosts = callback_hosts
 
     async def submit(
         self, sql: str, caller: Caller, options: SubmitOptions = NO_OPTIONS
     ) -> QueryRecord:
-        """Record a new QUEUED query of `caller` (the launcher sends it to Athena)."""
-        await self.policy.admit(caller, sql, self.database, self.workgroup)
-        return await self.machine.create(sql, self.database, self.workgroup, caller, options)
+        """Record a new QUEUED query of `caller` (the launcher sends it to Athena), in the
+        database, workgroup and catalog `options` name, the config's where they name none.
+
+        ValidationFailed for a callback_url whose host webhooks.allowed_hosts lacks; the
+        policy's refusals (Forbidden for a database or workgroup outside the key's)."""
+        self._check_callback(options.callback_url)
+        database = options.database or self.database
+        workgroup = options.workgroup or self.workgroup
+        options = replace(
+            options,
+            database=database,
+            workgroup=workgroup,
+            catalog=options.catalog or self.catalog,
+        )
+        await self.policy.admit(caller, sql, database, workgroup)
+        return await self.machine.create(sql, database, workgroup, caller, options)
+
+    def _check_callback(self, url: str | None) -> None:
+        if url is None:
+            return
+        if not self.callback_hosts:
+            raise ValidationFailed(
+                "callback_url: webhooks are off here (webhooks.allowed_hosts is empty)"
+            )
+        host = host_key(urlsplit(url).hostname or "")
+        if host not in self.callback_hosts:
+            raise ValidationFailed(
+                f"callback_url: the host {host!r} is not in webhooks.allowed_hosts"
+            )
 
     async def refresh(self, query_id: str, caller: Caller) -> QueryRecord:
         """Put a finished query of `caller`'s back to QUEUED for a new Athena execution.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import re
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -20,7 +23,9 @@ from marshmallow import (
     validates_schema,
 )
 
+from athenaq.names import validate_catalog, validate_database, validate_workgroup
 from athenaq.statements import KNOWN_KINDS
+from athenaq.states import DEFAULT_CATALOG
 
 
 class ConfigError(Exception):
@@ -86,6 +91,10 @@ class AthenaConfig:
     # Executions athenaq has running in Athena at once, across every process sharing the
     # store; beyond it queries wait QUEUED for a slot, in a fair order across owners.
     max_running: int = 20
+    # The catalog of a query that names none.
+    catalog: str = DEFAULT_CATALOG
+    # Athena's price per terabyte scanned (statistics.cost_usd).
+    price_per_tb_usd: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,17 @@ class SqlConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    # The hosts a submit's callback_url may name (lower case; IP addresses in their
+    # compressed form); empty: no callback_url is taken.
+    allowed_hosts: tuple[str, ...] = ()
+    # The key of the deliveries' HMAC-SHA256 signatures; required with allowed_hosts.
+    secret: str | None = field(default=None, repr=False)
+    # How long a delivery is tried again, from the state it reports.
+    retry_hours: float = 24.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     database: DatabaseConfig
@@ -146,6 +166,7 @@ class Config:
     poller: PollerConfig
     auth: AuthConfig = AuthConfig()
     sql: SqlConfig = SqlConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
 
 EMBEDDED = "embedded"
@@ -231,6 +252,14 @@ class _Minutes(_Duration):
     unit = "minutes"
 
 
+class _Hours(_Duration):
+    unit = "hours"
+
+
+class _Dollars(_Duration):
+    unit = "US dollars"
+
+
 class ServerSchema(_Section):
     host = fields.String(required=True, validate=validate.Length(min=1))
     port = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=65535))
@@ -289,8 +318,8 @@ class DatabaseSchema(_Section):
 
 class AthenaSchema(_Section):
     region = fields.String(required=True, validate=validate.Length(min=1))
-    database = fields.String(required=True, validate=validate.Length(min=1))
-    workgroup = fields.String(required=True, validate=validate.Regexp(r"^[a-zA-Z0-9._-]{1,128}$"))
+    database = fields.String(required=True, validate=validate_database)
+    workgroup = fields.String(required=True, validate=validate_workgroup)
     output_location = fields.String(required=True, validate=_url(("s3",)))
     # "embedded": the service runs the local engine (athenaq-local) in its own process.
     endpoint_url = fields.String(
@@ -303,6 +332,11 @@ class AthenaSchema(_Section):
         strict=True,
         load_default=AthenaConfig.max_running,
         validate=validate.Range(min=1, max=1_000_000),
+    )
+    catalog = fields.String(load_default=AthenaConfig.catalog, validate=validate_catalog)
+    price_per_tb_usd = _Dollars(
+        load_default=AthenaConfig.price_per_tb_usd,
+        validate=validate.Range(min=0, max=1_000_000),
     )
 
     loads_into = AthenaConfig
@@ -395,6 +429,79 @@ class SqlSchema(_Section):
     loads_into = SqlConfig
 
 
+_HOST_NAME = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def host_key(host: str) -> str | None:
+    """`host` as webhooks.allowed_hosts keeps it (lower case; an IP address compressed),
+    None when it is neither a host name nor an IP address. A callback URL's host is
+    compared in this form."""
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    name = host.lower()
+    return name if len(name) <= 253 and _HOST_NAME.fullmatch(name) else None
+
+
+class AllowedHost(fields.String):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        host = host_key(super()._deserialize(value, attr, data, **kwargs))
+        if host is None:
+            raise ValidationError(
+                "must be a host name or an IP address, without scheme, port or path"
+            )
+        return host
+
+
+# A signing key shorter than this is too easy to guess.
+MIN_SECRET_CHARACTERS = 16
+
+
+class Secret(fields.Field[str]):
+    """A secret, written in the file or, as `{"env": "NAME"}`, read from the environment
+    variable NAME when the config is loaded."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str):
+            name = value["env"]
+            if name not in os.environ:
+                raise ValidationError(f"the environment variable {name} is not set")
+            secret = os.environ[name]
+        elif isinstance(value, str):
+            secret = value
+        else:
+            raise ValidationError('must be a string or {"env": "NAME"}')
+        if len(secret) < MIN_SECRET_CHARACTERS:
+            raise ValidationError(f"must be at least {MIN_SECRET_CHARACTERS} characters")
+        return secret
+
+
+class WebhooksSchema(_Section):
+    allowed_hosts = fields.List(AllowedHost(), load_default=list)
+    secret = Secret(load_default=None, allow_none=True)
+    retry_hours = _Hours(
+        load_default=WebhooksConfig.retry_hours, validate=validate.Range(min=0, max=30 * 24)
+    )
+
+    @validates_schema
+    def signed(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("allowed_hosts") and data.get("secret") is None:
+            raise ValidationError(
+                "required when webhooks.allowed_hosts names hosts: deliveries are signed with it",
+                "secret",
+            )
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Any:
+        hosts = tuple(dict.fromkeys(data["allowed_hosts"]))  # in order, once each
+        return WebhooksConfig(**{**data, "allowed_hosts": hosts})
+
+    loads_into = WebhooksConfig
+
+
 class ConfigSchema(_Section):
     server = fields.Nested(ServerSchema, required=True)
     database = fields.Nested(DatabaseSchema, required=True)
@@ -404,6 +511,7 @@ class ConfigSchema(_Section):
     poller = fields.Nested(PollerSchema, required=True)
     auth = fields.Nested(AuthSchema, load_default=AuthConfig())
     sql = fields.Nested(SqlSchema, load_default=SqlConfig())
+    webhooks = fields.Nested(WebhooksSchema, load_default=WebhooksConfig())
 
     loads_into = Config
 

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 from marshmallow.decorators import POST_DUMP, PRE_DUMP
 
 from athenaq.clock import isoformat
+from athenaq.names import (
+    MAX_PARAMETERS,
+    PARAMETER_LENGTH,
+    REUSE_MINUTES,
+    validate_catalog,
+    validate_database,
+    validate_workgroup,
+)
+from athenaq.states import SubmitOptions
 
 # Athena's own limit for QueryString, counted in bytes here so no multibyte text slips past.
 MAX_QUERY_BYTES = 262_144
@@ -24,16 +36,121 @@ class Timestamp(fields.Field[Any]):
         return isoformat(value)
 
 
+# Labels a query may carry, their keys' form and their values' longest length.
+MAX_LABELS = 10
+LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
+MAX_LABEL_VALUE = 256
+# The longest timeout_seconds: a day, well past Athena's own limit on a DML query's run
+# (30 minutes by default, 240 at most on request), with room for a wait for a slot.
+MAX_TIMEOUT_SECONDS = 86_400
+MAX_CALLBACK_URL = 2_048
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+
+class WholeNumber(fields.Integer):
+    """A JSON integer: not a string, a boolean or a number with a fraction (`5.0`)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("must be an integer")
+        result: int = super()._deserialize(value, attr, data, **kwargs)
+        return result
+
+
+class Labels(fields.Field[dict[str, str]]):
+    """Up to MAX_LABELS pairs of a key of LABEL_KEY and a string value of up to
+    MAX_LABEL_VALUE characters."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise ValidationError("must be an object of string values")
+        if len(value) > MAX_LABELS:
+            raise ValidationError(f"at most {MAX_LABELS} pairs, not {len(value)}")
+        for key, label in value.items():
+            if not LABEL_KEY.fullmatch(key):
+                raise ValidationError(f"the key {key!r} must be 1 to 63 of a-z 0-9 _ . -")
+            if not isinstance(label, str) or len(label) > MAX_LABEL_VALUE:
+                raise ValidationError(
+                    f"the value of {key!r} must be a string of at most {MAX_LABEL_VALUE} characters"
+                )
+        return dict(value)
+
+
+def _callback_url(value: str) -> None:
+    """An absolute http(s) URL with a host and no credentials; whether its host is
+    allowed is the config's to say (Commands.submit)."""
+    if len(value) > MAX_CALLBACK_URL or _CONTROL.search(value):
+        raise ValidationError(
+            f"must be a URL of at most {MAX_CALLBACK_URL} characters, without spaces"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise ValidationError("must be an http:// or https:// URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValidationError("must not carry a user name or password")
+
+
+def _optional(field: type[fields.Field[Any]], **options: Any) -> Any:
+    # null is the same as leaving the field out.
+    return field(load_default=None, allow_none=True, **options)
+
+
 class SubmitRequest(Schema):
+    """`POST /query`'s body: the SQL and the optional fields of API.md's submit table
+    (submit_options maps them to what the query keeps)."""
+
     class Meta:
         unknown = RAISE
 
     query = fields.String(required=True, validate=validate.Length(min=1))
+    database = _optional(fields.String, validate=validate_database)
+    workgroup = _optional(fields.String, validate=validate_workgroup)
+    catalog = _optional(fields.String, validate=validate_catalog)
+    parameters = _optional(
+        fields.List,
+        cls_or_instance=fields.String(
+            validate=validate.Length(*PARAMETER_LENGTH, error="must be {min} to {max} characters")
+        ),
+        validate=validate.Length(max=MAX_PARAMETERS, error="at most {max} values"),
+    )
+    labels = _optional(Labels)
+    result_reuse_minutes = _optional(
+        WholeNumber, validate=validate.Range(*REUSE_MINUTES, error="must be {min} to {max}")
+    )
+    timeout_seconds = _optional(
+        WholeNumber,
+        validate=validate.Range(1, MAX_TIMEOUT_SECONDS, error="must be {min} to {max}"),
+    )
+    callback_url = _optional(fields.String, validate=_callback_url)
 
     @validates("query")
     def not_blank(self, value: str, **_: Any) -> None:
         if not value.strip():
             raise ValidationError("must not be blank")
+
+
+def submit_options(request: Mapping[str, Any]) -> SubmitOptions:
+    """What a loaded SubmitRequest asks besides its SQL. What it leaves out (or sends as
+    null, or empty) is None: Commands.submit fills in the config's database, workgroup
+    and catalog."""
+    parameters = request.get("parameters")
+    labels = request.get("labels")
+    return SubmitOptions(
+        database=request.get("database"),
+        workgroup=request.get("workgroup"),
+        catalog=request.get("catalog"),
+        parameters=tuple(parameters) if parameters else None,
+        labels=labels or None,
+        result_reuse_minutes=request.get("result_reuse_minutes"),
+        timeout_seconds=request.get("timeout_seconds"),
+        callback_url=request.get("callback_url"),
+    )
 
 
 class Count(fields.Integer):
@@ -115,6 +232,13 @@ class StatusSchema(StateSchema):
     query = fields.String(attribute="query_text")
     database = fields.String(attribute="database_name")
     workgroup = fields.String()
+    catalog = fields.String()
+    parameters = fields.List(fields.String(), allow_none=True)
+    labels = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True)
+    result_reuse_minutes = fields.Integer(allow_none=True)
+    reused_previous_result = fields.Boolean(allow_none=True)
+    timeout_seconds = fields.Integer(allow_none=True)
+    callback_url = fields.String(allow_none=True)
     athena_query_execution_id = fields.String(attribute="athena_execution_id", allow_none=True)
     submitted_at = Timestamp()
     started_at = Timestamp()

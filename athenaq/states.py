@@ -82,6 +82,10 @@ def next_state(state: QueryState, event: Event) -> QueryState:
         raise IllegalTransition(state, event) from None
 
 
+# Athena's catalog when a query names none: the AWS Glue Data Catalog.
+DEFAULT_CATALOG = "AwsDataCatalog"
+
+
 @dataclass(frozen=True, slots=True)
 class QueryRecord:
     """One query as stored; `version` is the compare-and-set token. With slots: a poller
@@ -120,7 +124,7 @@ class QueryRecord:
     # (only an admitted query is sent to Athena).
     admitted_at: datetime | None = None
     # What the client asked besides the SQL (SubmitOptions), as submitted.
-    catalog: str = "AwsDataCatalog"
+    catalog: str = DEFAULT_CATALOG
     parameters: tuple[str, ...] | None = None
     labels: Mapping[str, str] | None = None
     cache_key: str | None = None
@@ -161,11 +165,14 @@ EXECUTION_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class SubmitOptions:
-    """What a submit may ask besides the SQL, its database and its workgroup: Athena's
-    catalog, ExecutionParameters and result reuse; labels; athenaq's cache key; a
-    timeout; a webhook. Stored with the query as given."""
+    """What a submit may ask besides the SQL: its Athena context (database, workgroup,
+    catalog; None: the config's), ExecutionParameters and result reuse; labels;
+    athenaq's cache key; a timeout; a webhook. Stored with the query as given, the
+    context as resolved (Commands.submit)."""
 
-    catalog: str = "AwsDataCatalog"
+    database: str | None = None
+    workgroup: str | None = None
+    catalog: str | None = None
     parameters: tuple[str, ...] | None = None
     labels: Mapping[str, str] | None = None
     cache_key: str | None = None

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from athenaq.app import Service
-from athenaq.config import AuthConfig, Config, ConfigError, SqlConfig, parse_config
+from athenaq.config import (
+    AuthConfig,
+    Config,
+    ConfigError,
+    SqlConfig,
+    WebhooksConfig,
+    parse_config,
+)
 from tests.conftest import V1_CONFIG, Client, body, config_with
 
 
@@ -99,6 +106,79 @@ def test_a_bad_auth_or_sql_key_is_named(section: str, value: Any, message: str) 
     with pytest.raises(ConfigError) as raised:
         parse_config({**V1_CONFIG, section: value})
     assert str(raised.value).startswith(message)
+
+
+def test_a_v1_file_gets_the_athena_and_webhooks_defaults() -> None:
+    config = parse_config(V1_CONFIG)
+    assert (config.athena.catalog, config.athena.price_per_tb_usd) == ("AwsDataCatalog", 5.0)
+    assert config.webhooks == WebhooksConfig(allowed_hosts=(), secret=None)
+    assert config.webhooks.retry_hours == 24.0
+
+
+def test_the_webhooks_and_athena_keys_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATHENAQ_TEST_WEBHOOK_SECRET", "from the environment, long enough")
+    webhooks = {
+        "allowed_hosts": ["Hooks.Example.COM", "10.0.0.7", "::1", "localhost"],
+        "secret": {"env": "ATHENAQ_TEST_WEBHOOK_SECRET"},
+        "retry_hours": 0.5,
+    }
+    athena = {**V1_CONFIG["athena"], "catalog": "lakehouse", "price_per_tb_usd": 6.25}
+    config = parse_config({**V1_CONFIG, "webhooks": webhooks, "athena": athena})
+    assert config.webhooks.allowed_hosts == ("hooks.example.com", "10.0.0.7", "::1", "localhost")
+    assert config.webhooks.secret == "from the environment, long enough"
+    assert config.webhooks.retry_hours == 0.5
+    assert "from the environment" not in repr(config)
+    assert (config.athena.catalog, config.athena.price_per_tb_usd) == ("lakehouse", 6.25)
+    written = {**webhooks, "secret": "written in the file itself"}
+    assert parse_config({**V1_CONFIG, "webhooks": written}).webhooks.secret == written["secret"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("athena.catalog", "", "athena.catalog: must be 1 to 256 characters"),
+        ("athena.catalog", "c" * 257, "athena.catalog: must be 1 to 256 characters"),
+        ("athena.catalog", "a\nb", "athena.catalog: must be 1 to 256 characters"),
+        ("athena.database", "d" * 256, "athena.database: must be 1 to 255 characters"),
+        ("athena.price_per_tb_usd", -1, "athena.price_per_tb_usd: Must be greater"),
+        ("athena.price_per_tb_usd", "5", "athena.price_per_tb_usd: must be a number of US"),
+        ("webhooks.allowed_hosts", "a.example", "webhooks.allowed_hosts: Not a valid list."),
+        (
+            "webhooks.allowed_hosts",
+            ["https://a.example"],
+            "webhooks.allowed_hosts.0: must be a host name or an IP address",
+        ),
+        (
+            "webhooks.allowed_hosts",
+            ["a.example:8443"],
+            "webhooks.allowed_hosts.0: must be a host name or an IP address",
+        ),
+        (
+            "webhooks.allowed_hosts",
+            ["a.example"],
+            "webhooks.secret: required when webhooks.allowed_hosts names hosts",
+        ),
+        ("webhooks.secret", "short", "webhooks.secret: must be at least 16 characters"),
+        ("webhooks.secret", 12345, 'webhooks.secret: must be a string or {"env": "NAME"}'),
+        ("webhooks.secret", {"file": "x"}, 'webhooks.secret: must be a string or {"env": "NAME"}'),
+        (
+            "webhooks.secret",
+            {"env": "ATHENAQ_TEST_NO_SUCH_VARIABLE"},
+            "webhooks.secret: the environment variable ATHENAQ_TEST_NO_SUCH_VARIABLE is not set",
+        ),
+        ("webhooks.retry_hours", -1, "webhooks.retry_hours: Must be greater"),
+        ("webhooks.retry_hours", 721, "webhooks.retry_hours: Must be greater"),
+        ("webhooks.retry_hours", "24", "webhooks.retry_hours: must be a number of hours"),
+        ("webhooks.url", "https://a.example", "webhooks.url: Unknown field."),
+    ],
+)
+def test_a_bad_athena_or_webhooks_key_is_named(path: str, value: Any, message: str) -> None:
+    document = config_with(path, value) if path.startswith("athena") else dict(V1_CONFIG)
+    if path.startswith("webhooks"):
+        document["webhooks"] = {path.split(".")[1]: value}
+    with pytest.raises(ConfigError) as raised:
+        parse_config(document)
+    assert str(raised.value).startswith(message), str(raised.value)
 
 
 def test_a_lease_shorter_than_three_ticks_is_refused() -> None:

@@ -20,6 +20,7 @@ from athenaq.schemas import (
     ResultsSchema,
     StateSchema,
     SubmitRequest,
+    submit_options,
 )
 
 if TYPE_CHECKING:
@@ -34,16 +35,21 @@ _RESULTS = ResultsSchema()
 _CANCEL = CancelSchema()
 
 
-def _first_message(messages: Any) -> str:
-    """`field: message` for the first error marshmallow reports."""
+def _first_message(messages: Any, path: str = "") -> str:
+    """`field: message` for the first error marshmallow reports; an item of a list is
+    named by its index, `parameters[2]: ...`."""
     if isinstance(messages, dict):
         field, detail = next(iter(messages.items()))
         if field == "_schema":
             return "the body must be a JSON object"
-        return f"{field}: {_first_message(detail)}"
+        if isinstance(field, int):
+            where = f"{path}[{field}]"
+        else:
+            where = f"{path}.{field}" if path else str(field)
+        return _first_message(detail, where)
     if isinstance(messages, list):
-        return _first_message(messages[0])
-    return str(messages)
+        return _first_message(messages[0], path)
+    return f"{path}: {messages}" if path else str(messages)
 
 
 class SubmitHandler(BaseHandler):
@@ -60,7 +66,7 @@ class SubmitHandler(BaseHandler):
             raise ValidationFailed(_first_message(exc.messages)) from None
         if len(request["query"].encode("utf-8")) > MAX_QUERY_BYTES:
             raise PayloadTooLarge(f"query: over {MAX_QUERY_BYTES} bytes, Athena's limit")
-        record = await self.commands.submit(request["query"], self.caller)
+        record = await self.commands.submit(request["query"], self.caller, submit_options(request))
         self.launcher.launch_soon(record.id, record)
         self.set_header("Location", f"/query/{record.id}/status")
         self.write_json(_STATE.dump(record), status=202)

@@ -37,6 +37,7 @@ from sqlalchemy.util import greenlet_spawn
 from athenaq.clock import utcnow
 from athenaq.identity import ApiKey, Caller
 from athenaq.states import (
+    DEFAULT_CATALOG,
     EXECUTION_FIELDS,
     LEASE_FIELDS,
     NO_OPTIONS,
@@ -280,7 +281,7 @@ class Store:
             lease_holder=lease_holder,
             lease_expires_at=lease_expires_at,
             **dict.fromkeys(EXECUTION_FIELDS),  # no execution yet
-            catalog=options.catalog,
+            catalog=options.catalog or DEFAULT_CATALOG,
             parameters=options.parameters,
             labels=options.labels,
             cache_key=options.cache_key,

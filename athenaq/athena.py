@@ -124,8 +124,12 @@ class Execution:
     engine_execution_ms: int | None
     queue_ms: int | None
     total_execution_ms: int | None
-    # The result object's S3 URI, `<OutputLocation><QueryExecutionId>.csv` for a SELECT.
+    # The result object's S3 URI, `<OutputLocation><QueryExecutionId>.csv` for a SELECT
+    # (for a reused result: the earlier execution's object).
     output_location: str | None = None
+    # Whether Athena answered with an earlier execution's result (result reuse); None
+    # when it does not say.
+    reused_previous_result: bool | None = None
 
     @property
     def statistics(self) -> dict[str, Any]:
@@ -136,6 +140,7 @@ class Execution:
             "engine_execution_ms": self.engine_execution_ms,
             "queue_ms": self.queue_ms,
             "total_execution_ms": self.total_execution_ms,
+            "reused_previous_result": self.reused_previous_result,
         }
 
 
@@ -209,6 +214,7 @@ def _execution(raw: dict[str, Any]) -> Execution:
     athena_error = status.get("AthenaError", {}).get("ErrorMessage")
     if athena_error and athena_error != reason:
         reason = f"{reason}: {athena_error}" if reason else athena_error
+    reused = stats.get("ResultReuseInformation", {}).get("ReusedPreviousResult")
     return Execution(
         execution_id=raw["QueryExecutionId"],
         state=status.get("State", "QUEUED"),
@@ -220,6 +226,7 @@ def _execution(raw: dict[str, Any]) -> Execution:
         queue_ms=stats.get("QueryQueueTimeInMillis"),
         total_execution_ms=stats.get("TotalExecutionTimeInMillis"),
         output_location=raw.get("ResultConfiguration", {}).get("OutputLocation"),
+        reused_previous_result=reused if isinstance(reused, bool) else None,
     )
 
 
@@ -352,16 +359,44 @@ class Athena:
         )
         raise failure
 
-    async def start(self, sql: str, database: str, workgroup: str, token: str) -> str:
-        """Start an execution, trying once; `token` makes a repeated start idempotent in AWS."""
+    async def start(
+        self,
+        sql: str,
+        database: str,
+        workgroup: str,
+        token: str,
+        *,
+        catalog: str | None = None,
+        parameters: Sequence[str] | None = None,
+        result_reuse_minutes: int | None = None,
+    ) -> str:
+        """Start an execution, trying once; `token` makes a repeated start idempotent in AWS.
+
+        `parameters` are Athena's ExecutionParameters, bound to the SQL's `?` by Athena;
+        `result_reuse_minutes` lets Athena answer with an identical execution's result no
+        older than that."""
+        context = {"Database": database}
+        if catalog is not None:
+            context["Catalog"] = catalog
+        options: dict[str, Any] = {}
+        if parameters:
+            options["ExecutionParameters"] = list(parameters)
+        if result_reuse_minutes is not None:
+            options["ResultReuseConfiguration"] = {
+                "ResultReuseByAgeConfiguration": {
+                    "Enabled": True,
+                    "MaxAgeInMinutes": result_reuse_minutes,
+                }
+            }
         response = await self._call(
             "start_query_execution",
             single_attempt=True,
             QueryString=sql,
             ClientRequestToken=token,
-            QueryExecutionContext={"Database": database},
+            QueryExecutionContext=context,
             WorkGroup=workgroup,
             ResultConfiguration={"OutputLocation": self._output_location},
+            **options,
         )
         execution_id: str = response["QueryExecutionId"]
         return execution_id

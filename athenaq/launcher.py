@@ -146,7 +146,13 @@ class Launcher:
             token = f"athenaq-{current.id}-{current.run}"
             try:
                 execution_id = await self.athena.start(
-                    current.query_text, current.database_name, current.workgroup, token
+                    current.query_text,
+                    current.database_name,
+                    current.workgroup,
+                    token,
+                    catalog=current.catalog,
+                    parameters=current.parameters,
+                    result_reuse_minutes=current.result_reuse_minutes,
                 )
             except AthenaCallError as exc:
                 if exc.is_client_error:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import aiobotocore
 import botocore
 import pytest
 from aiohttp import web
 
-from athenaq.athena import Athena
+from athenaq.athena import Athena, _execution
 from athenaq.config import AthenaConfig, S3Config
 
 
@@ -70,6 +72,7 @@ EXECUTION = {
         "EngineExecutionTimeInMillis": 900,
         "QueryQueueTimeInMillis": 40,
         "TotalExecutionTimeInMillis": 1000,
+        "ResultReuseInformation": {"ReusedPreviousResult": True},
     },
     "ResultConfiguration": {"OutputLocation": "s3://bucket/results/e-1.csv"},
 }
@@ -119,5 +122,68 @@ async def test_status_answers_are_read_field_by_field_as_botocore_would() -> Non
             "engine_execution_ms": 900,
             "queue_ms": 40,
             "total_execution_ms": 1000,
+            "reused_previous_result": True,
         }
         assert execution.output_location == "s3://bucket/results/e-1.csv"
+
+
+async def test_an_answer_without_result_reuse_information_says_nothing_of_it() -> None:
+    raw = {**EXECUTION, "Statistics": {"DataScannedInBytes": 10}}
+    assert _execution(raw).reused_previous_result is None
+    assert _execution(raw).statistics["reused_previous_result"] is None
+    reused = {**EXECUTION, "Statistics": {"ResultReuseInformation": {}}}
+    assert _execution(reused).reused_previous_result is None
+
+
+async def test_a_start_sends_the_context_parameters_and_result_reuse() -> None:
+    """StartQueryExecution as Athena receives it: the catalog beside the database,
+    ExecutionParameters apart from the SQL, and result reuse only when asked for."""
+    bodies: list[dict[str, Any]] = []
+
+    async def start(request: web.Request) -> web.Response:
+        bodies.append(json.loads(await request.read()))
+        return web.json_response(
+            {"QueryExecutionId": f"e-{len(bodies)}"}, content_type="application/x-amz-json-1.1"
+        )
+
+    app = web.Application()
+    app.router.add_post("/", start)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    config = AthenaConfig("us-east-1", "default", "primary", "s3://bucket/results/", url)
+    token = f"athenaq-{'0' * 32}-1"
+    try:
+        async with Athena.open(config, S3Config(endpoint_url=None)) as athena:
+            await athena.start(
+                "SELECT * FROM t WHERE a = ? AND b = ?",
+                "sales",
+                "reports",
+                token,
+                catalog="lakehouse",
+                parameters=("'it''s'", "42"),
+                result_reuse_minutes=60,
+            )
+            await athena.start("SELECT 1", "default", "primary", token)
+    finally:
+        await runner.cleanup()
+    assert bodies[0] == {
+        "QueryString": "SELECT * FROM t WHERE a = ? AND b = ?",
+        "ClientRequestToken": token,
+        "QueryExecutionContext": {"Database": "sales", "Catalog": "lakehouse"},
+        "WorkGroup": "reports",
+        "ResultConfiguration": {"OutputLocation": "s3://bucket/results/"},
+        "ExecutionParameters": ["'it''s'", "42"],
+        "ResultReuseConfiguration": {
+            "ResultReuseByAgeConfiguration": {"Enabled": True, "MaxAgeInMinutes": 60}
+        },
+    }
+    assert bodies[1] == {
+        "QueryString": "SELECT 1",
+        "ClientRequestToken": token,
+        "QueryExecutionContext": {"Database": "default"},
+        "WorkGroup": "primary",
+        "ResultConfiguration": {"OutputLocation": "s3://bucket/results/"},
+    }

@@ -18,7 +18,18 @@ served whole; the double stopping lets a held object go too), start_stall_ms (th
 StartQueryExecution answer that made the execution is held that long after the
 execution exists: what a process killed, or a network cut, between the start reaching
 Athena and its answer looks like; a repeated token is answered at once). A cell of `rows` may be
-`{"repeat": "text", "times": N}`, for values too large to put in the SQL.
+`{"repeat": "text", "times": N}`, for values too large to put in the SQL, or
+`{"parameter": N}`: the value of the N-th ExecutionParameter (from 1), read as the SQL
+literal it is (`'it''s'` gives `it's`, `NULL` a NULL), as a query that selects the
+placeholder would return it.
+
+Beyond its script, a query is checked as Athena checks it: its ExecutionParameters must
+be as many as the SQL's `?` placeholders, and literals, and its catalog one the double
+knows (`catalogs`, AwsDataCatalog by default), or it FAILS with Athena's kind of reason
+(after its script's queue_ms and run_ms). With ResultReuseConfiguration, a repeat of a
+SUCCEEDED query (the same SQL, parameters, database, catalog, workgroup and result
+folder, at most MaxAgeInMinutes old) SUCCEEDS at once with ReusedPreviousResult, that
+query's result object and nothing scanned.
 
 The result object `<OutputLocation><QueryExecutionId>.csv` of a SUCCEEDED query is in
 Athena's CSV form: header first, every value double-quoted with `""` for a quote, NULL
@@ -38,13 +49,14 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from athenaq.local.api import ApiError
 from athenaq.local.base import (
     ACTIVE,
+    DEFAULT_CATALOG,
     STOPPED_BY_USER,
     AccessDenied,
     Engine,
@@ -60,9 +72,12 @@ from athenaq.local.base import (
     check_succeeded,
     page_of_ids,
     result_location,
+    reuse_key,
+    unknown_catalog,
 )
+from athenaq.local.parameters import ParameterError, values
 from athenaq.local.server import Endpoint
-from athenaq.local.values import Column, athena_column
+from athenaq.local.values import Column, athena_column, text
 from athenaq.logs import setup_logging
 
 Json = dict[str, Any]
@@ -72,11 +87,14 @@ _DIRECTIVE = re.compile(r"--\s*double:(.*)$", re.MULTILINE)
 _GENERATED = (("n", "integer"), ("label", "varchar"), ("maybe", "varchar"))
 
 
-def _cell(value: Any) -> str | None:
+def _cell(value: Any, bound: list[Any]) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, dict) and "repeat" in value:
         return str(value["repeat"]) * int(value.get("times", 1))
+    if isinstance(value, dict) and "parameter" in value:
+        parameter = bound[int(value["parameter"]) - 1]
+        return None if parameter is None else text(parameter)
     if isinstance(value, bool):  # Athena renders booleans lower-case
         return "true" if value else "false"
     return str(value)
@@ -110,6 +128,14 @@ class _Scripted:
     stop_calls: int = 0
     # GetQueryExecution answers given for it, alone or in a batch.
     status_reads: int = 0
+    parameters: tuple[str, ...] | None = None
+    bound: list[Any] = field(default_factory=list)  # the parameters' values
+    reuse_minutes: int | None = None
+    # The request a repeated ClientRequestToken must repeat, and what an execution that
+    # reuses this one's result must share.
+    request: tuple[Any, ...] = ()
+    reuse_key: tuple[Any, ...] | None = None
+    reused: bool = False
 
     def seconds(self, key: str) -> float:
         return float(self.script.get(key, 0)) / 1000
@@ -156,7 +182,10 @@ class _Scripted:
             queue_ms=round(queued * 1000),
             engine_ms=round((total - queued) * 1000),
             total_ms=round(total * 1000),
-            scanned_bytes=int(self.script.get("scanned_bytes", 1024)),
+            scanned_bytes=0 if self.reused else int(self.script.get("scanned_bytes", 1024)),
+            parameters=self.parameters,
+            reuse_minutes=self.reuse_minutes,
+            reused=self.reused,
         )
 
     # The result, header row excluded; generated rows are made on demand so that a
@@ -175,7 +204,7 @@ class _Scripted:
     def row(self, i: int) -> list[str | None]:
         if "generate" in self.script:
             return [str(i), f"row {i}", None if i % 3 == 0 else ("" if i % 3 == 1 else "x")]
-        return [_cell(v) for v in self.script.get("rows", [["1"]])[i]]
+        return [_cell(v, self.bound) for v in self.script.get("rows", [["1"]])[i]]
 
     def csv(self, malformed: bool) -> Iterator[bytes]:
         lines = [_csv_line([c.name for c in self.columns()])]
@@ -215,9 +244,15 @@ class ScriptedEngine(Engine):
     and the endpoint's event loop can both call them."""
 
     def __init__(
-        self, *, batch: bool = True, delay_ms: int = 0, max_running: int | None = None
+        self,
+        *,
+        batch: bool = True,
+        delay_ms: int = 0,
+        max_running: int | None = None,
+        catalogs: Iterable[str] = ("AwsDataCatalog",),
     ) -> None:
         self.batch, self.delay_ms, self.max_running = batch, delay_ms, max_running
+        self.catalogs = frozenset(name.lower() for name in catalogs)
         self._lock = threading.Lock()
         self._executions: dict[str, _Scripted] = {}  # insertion order = start order
         self._tokens: dict[str, str] = {}  # ClientRequestToken -> QueryExecutionId
@@ -257,6 +292,9 @@ class ScriptedEngine(Engine):
                 "stop_calls": e.stop_calls,
                 "status_reads": e.status_reads,
                 "sql": e.sql,
+                "parameters": e.parameters,
+                "catalog": e.catalog,
+                "reused": e.reused,
             }
 
     def executions(self) -> dict[str, str | None]:
@@ -338,11 +376,15 @@ class ScriptedEngine(Engine):
         workgroup: str = "primary",
         output_location: str | None = None,
         token: str | None = None,
+        parameters: Sequence[str] | None = None,
+        reuse_minutes: int | None = None,
     ) -> str:
+        parameters = None if parameters is None else tuple(parameters)
+        request = (sql, parameters, database, catalog, workgroup, reuse_minutes)
         with self._lock:
             if token is not None and token in self._tokens:
                 earlier = self._executions[self._tokens[token]]
-                if earlier.sql != sql:
+                if earlier.request != request:
                     raise InvalidRequest("Idempotent parameters do not match")
                 return earlier.id
             match = _DIRECTIVE.search(sql)
@@ -352,6 +394,14 @@ class ScriptedEngine(Engine):
                 raise InvalidRequest(f"bad double directive: {exc}") from None
             if not isinstance(script, dict):
                 raise InvalidRequest("the double directive must be a JSON object")
+            # What Athena refuses once it runs the query: the query FAILS (as scripted).
+            bound: list[Any] = []
+            try:
+                bound = values(sql, parameters)
+            except ParameterError as exc:
+                script = {**script, "fail": str(exc)}
+            if (catalog or DEFAULT_CATALOG).lower() not in self.catalogs:
+                script = {**script, "fail": unknown_catalog(catalog or "").message}
             if "start_invalid" in script:
                 raise InvalidRequest(str(script["start_invalid"]))
             if self._throttled.get(sql, 0) < int(script.get("start_throttle", 0)):
@@ -368,15 +418,37 @@ class ScriptedEngine(Engine):
                 self._peak = max(self._peak, active + 1)
             query_id = str(uuid.uuid4())
             bucket, key = result_location(output_location or DEFAULT_OUTPUT, query_id)
-            self._executions[query_id] = _Scripted(
+            same = reuse_key(sql, parameters, database, catalog, workgroup, f"s3://{bucket}/{key}")
+            earlier = None
+            if same is not None and reuse_minutes is not None:
+                earlier = self._reusable(same, now, now - reuse_minutes * 60)
+            if earlier is not None:
+                # Athena points the new execution at the earlier one's result object.
+                bucket, key, script = earlier.bucket, earlier.key, earlier.script
+            execution = self._executions[query_id] = _Scripted(
                 query_id, len(self._executions), sql, script, database, catalog, workgroup,
-                bucket, key, token, submitted=time.time(), started=now,
+                bucket, key, token, submitted=time.time(), started=now, parameters=parameters,
+                bound=bound, reuse_minutes=reuse_minutes, request=request, reuse_key=same,
             )  # fmt: skip
+            if earlier is not None:
+                execution.reused = True
+                execution.finish(State.SUCCEEDED, None, now)
             if token is not None:
                 self._tokens[token] = query_id
             if "start_stall_ms" in script:
                 self._stalling.add(query_id)
             return query_id
+
+    def _reusable(self, key: tuple[Any, ...], now: float, since: float) -> _Scripted | None:
+        """The newest execution that ran and SUCCEEDED with this reuse key at monotonic
+        `since` or later; with the lock held."""
+        for e in reversed(self._executions.values()):
+            if e.reuse_key != key or e.reused:
+                continue
+            state, final_at = e.timeline(now)
+            if state is State.SUCCEEDED and final_at is not None and final_at >= since:
+                return e
+        return None
 
     async def started(self, query_id: str) -> None:
         with self._lock:
@@ -473,10 +545,15 @@ class AthenaDouble:
     on its own thread and event loop, `stop()` ends both."""
 
     def __init__(
-        self, *, batch: bool = True, delay_ms: int = 0, max_running: int | None = None
+        self,
+        *,
+        batch: bool = True,
+        delay_ms: int = 0,
+        max_running: int | None = None,
+        catalogs: Iterable[str] = ("AwsDataCatalog",),
     ) -> None:
         engine = self.engine = ScriptedEngine(
-            batch=batch, delay_ms=delay_ms, max_running=max_running
+            batch=batch, delay_ms=delay_ms, max_running=max_running, catalogs=catalogs
         )
         # The engine's test side, callable from any thread.
         self.calls, self.execution, self.reset = engine.calls, engine.execution, engine.reset

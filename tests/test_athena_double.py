@@ -53,12 +53,12 @@ async def athena(url: str) -> AsyncIterator[Any]:
 
 
 async def start(client: Any, sql: str, **extra: Any) -> str:
-    reply = await client.start_query_execution(
-        QueryString=sql,
-        QueryExecutionContext={"Database": "db"},
-        ResultConfiguration={"OutputLocation": OUTPUT},
+    params = {
+        "QueryExecutionContext": {"Database": "db"},
+        "ResultConfiguration": {"OutputLocation": OUTPUT},
         **extra,
-    )
+    }
+    reply = await client.start_query_execution(QueryString=sql, **params)
     return str(reply["QueryExecutionId"])
 
 
@@ -195,6 +195,9 @@ async def test_stop_held_and_finished(endpoint: AthenaDouble) -> None:
         "stop_calls": 1,
         "sql": "SELECT 1",
         "status_reads": 2,  # one by wait_for_state, one after the stop
+        "parameters": None,
+        "catalog": None,
+        "reused": False,
     }
 
 
@@ -330,3 +333,123 @@ async def test_runs_as_a_program() -> None:
             program.send_signal(signal.SIGTERM)
         assert program.wait(5) == 0
     assert err.value.response["Error"]["Code"] == "UnknownOperationException"
+
+
+def cells(page: dict[str, Any]) -> list[list[str | None]]:
+    return [[d.get("VarCharValue") for d in row["Data"]] for row in page["ResultSet"]["Rows"]]
+
+
+PARAMETERIZED = (
+    "SELECT s, n FROM t WHERE s = ? AND n = ?\n-- double: "
+    '{"columns": [["s", "varchar"], ["n", "integer"]], '
+    '"rows": [[{"parameter": 1}, {"parameter": 2}]]}'
+)
+
+
+async def test_execution_parameters_are_checked_and_their_values_scripted(
+    endpoint: AthenaDouble,
+) -> None:
+    async with athena(endpoint.url) as client:
+        qid = await start(client, PARAMETERIZED, ExecutionParameters=["'it''s; DROP t'", "42"])
+        assert await wait_for_state(client, qid, "SUCCEEDED", "FAILED") == "SUCCEEDED"
+        page = await client.get_query_results(QueryExecutionId=qid)
+        execution = (await client.get_query_execution(QueryExecutionId=qid))["QueryExecution"]
+        # As Athena fails them: a count of values other than the placeholders', a value
+        # that is not a literal (a string without its quotes).
+        failed = {
+            "too few": await start(client, PARAMETERIZED, ExecutionParameters=["'x'"]),
+            "none": await start(client, PARAMETERIZED),
+            "unquoted": await start(client, PARAMETERIZED, ExecutionParameters=["x", "1"]),
+        }
+        reasons = {}
+        for name, failing in failed.items():
+            assert await wait_for_state(client, failing, "SUCCEEDED", "FAILED") == "FAILED"
+            reasons[name] = (await status(client, failing))["StateChangeReason"]
+    assert cells(page) == [["s", "n"], ["it's; DROP t", "42"]]
+    assert execution["ExecutionParameters"] == ["'it''s; DROP t'", "42"]
+    assert endpoint.execution(qid)["parameters"] == ("'it''s; DROP t'", "42")
+    assert reasons == {
+        "too few": "INVALID_PARAMETER_USAGE: Incorrect number of parameters: expected 2"
+        " but found 1",
+        "none": "INVALID_PARAMETER_USAGE: Incorrect number of parameters: expected 2 but found 0",
+        "unquoted": "SYNTAX_ERROR: execution parameter 1 is not a literal: 'x' (a string is"
+        " written in single quotes: 'text')",
+    }
+
+
+REUSE = {"ResultReuseConfiguration": {"ResultReuseByAgeConfiguration": {"Enabled": True}}}
+
+
+async def test_a_repeat_within_the_reuse_age_reuses_the_result(endpoint: AthenaDouble) -> None:
+    sql = 'SELECT 1 -- double: {"run_ms": 50, "scanned_bytes": 5000}'
+    async with athena(endpoint.url) as client:
+        plain = await start(client, sql)
+        await wait_for_state(client, plain, "SUCCEEDED")
+        again = await start(client, sql, **REUSE)
+        other_database = await start(
+            client, sql, QueryExecutionContext={"Database": "other"}, **REUSE
+        )
+        unasked = await start(client, sql)
+        executions = {
+            qid: (await client.get_query_execution(QueryExecutionId=qid))["QueryExecution"]
+            for qid in (plain, again, other_database, unasked)
+        }
+        for qid in (other_database, unasked):
+            await wait_for_state(client, qid, "SUCCEEDED")
+        reused_page = await client.get_query_results(QueryExecutionId=again)
+    reused = executions[again]
+    assert reused["Status"]["State"] == "SUCCEEDED"  # at once: nothing ran
+    assert reused["Statistics"]["ResultReuseInformation"] == {"ReusedPreviousResult": True}
+    assert reused["Statistics"]["DataScannedInBytes"] == 0
+    assert reused["ResultConfiguration"] == executions[plain]["ResultConfiguration"]
+    assert reused["ResultReuseConfiguration"] == {
+        "ResultReuseByAgeConfiguration": {"Enabled": True, "MaxAgeInMinutes": 60}
+    }
+    assert cells(reused_page) == [["_col0"], ["1"]]
+    for ran in (plain, other_database, unasked):
+        assert executions[ran]["Statistics"]["ResultReuseInformation"] == {
+            "ReusedPreviousResult": False
+        }
+    assert [endpoint.execution(q)["reused"] for q in (plain, again, other_database)] == [
+        False,
+        True,
+        False,
+    ]
+
+
+async def test_an_unknown_catalog_fails_the_query() -> None:
+    with AthenaDouble(catalogs=["AwsDataCatalog", "lakehouse"]) as double:
+        async with athena(double.url) as client:
+            known = await start(
+                client, "SELECT 1", QueryExecutionContext={"Database": "db", "Catalog": "LakeHouse"}
+            )
+            default = await start(
+                client,
+                "SELECT 1",
+                QueryExecutionContext={"Database": "db", "Catalog": "awsdatacatalog"},
+            )
+            unknown = await start(
+                client, "SELECT 1", QueryExecutionContext={"Database": "db", "Catalog": "hive"}
+            )
+            states = [
+                await wait_for_state(client, q, "SUCCEEDED", "FAILED")
+                for q in (known, default, unknown)
+            ]
+            failed = await status(client, unknown)
+    assert states == ["SUCCEEDED", "SUCCEEDED", "FAILED"]
+    assert failed["StateChangeReason"] == "CATALOG_NOT_FOUND: Catalog 'hive' does not exist"
+    assert failed["AthenaError"]["ErrorCategory"] == 2
+
+
+async def test_a_repeated_token_with_other_parameters_is_refused(endpoint: AthenaDouble) -> None:
+    token = "t" * 40
+    async with athena(endpoint.url) as client:
+        first = await start(client, PARAMETERIZED, ClientRequestToken=token,
+                            ExecutionParameters=["'a'", "1"])  # fmt: skip
+        again = await start(client, PARAMETERIZED, ClientRequestToken=token,
+                            ExecutionParameters=["'a'", "1"])  # fmt: skip
+        with pytest.raises(ClientError) as refused:
+            await start(client, PARAMETERIZED, ClientRequestToken=token,
+                        ExecutionParameters=["'b'", "1"])  # fmt: skip
+    assert first == again
+    assert refused.value.response["Error"]["Code"] == "InvalidRequestException"

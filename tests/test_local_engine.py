@@ -404,3 +404,143 @@ async def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_execution_parameters_are_bound_as_literals_never_pasted(athena: Any) -> None:
+    table = (
+        "CREATE TABLE notes AS SELECT * FROM (VALUES (1, 'it''s', DATE '2026-01-01'), "
+        "(2, '''; DROP TABLE notes; --', DATE '2026-02-01'), (3, 'plain', DATE '2026-03-01'))"
+        " v(n, s, d)"
+    )
+    assert (await run(athena, table))["Status"]["State"] == "SUCCEEDED"
+    # A `?` inside a string or a comment is no placeholder.
+    sql = "SELECT n, s, '?' AS q FROM notes WHERE s = ? OR (n = ? AND d >= ?) -- ? ORDER BY n"
+    answers = {}
+    for name, parameters in {
+        "quote": ["'it''s'", "0", "DATE '2027-01-01'"],
+        "injection": ["'''; DROP TABLE notes; --'", "0", "DATE '2027-01-01'"],
+        "typed": ["'none'", "3", "DATE '2026-02-15'"],
+    }.items():
+        execution = await run(athena, sql, ExecutionParameters=parameters)
+        assert execution["Status"]["State"] == "SUCCEEDED", execution["Status"]
+        assert execution["ExecutionParameters"] == parameters
+        page = await athena.get_query_results(QueryExecutionId=execution["QueryExecutionId"])
+        answers[name] = cells(page)[1:]
+    assert answers == {
+        "quote": [["1", "it's", "?"]],
+        "injection": [["2", "'; DROP TABLE notes; --", "?"]],
+        "typed": [["3", "plain", "?"]],
+    }
+    count = await run(athena, "SELECT count(*) FROM notes")
+    assert cells(await athena.get_query_results(QueryExecutionId=count["QueryExecutionId"])) == [
+        ["count_star()"],
+        ["3"],
+    ]
+    # As Athena fails them: a value that is not a literal, a count other than the `?`s'.
+    reasons = {}
+    for name, parameters in {
+        "unquoted": ["it", "0", "NULL"],
+        "expression": ["'a' || 'b'", "0", "NULL"],
+        "bad date": ["'a'", "0", "DATE '2026-13-01'"],
+        "too many": ["'a'", "0", "NULL", "1"],
+    }.items():
+        execution = await run(athena, sql, ExecutionParameters=parameters)
+        assert execution["Status"]["State"] == "FAILED"
+        assert execution["Status"]["AthenaError"]["ErrorCategory"] == 2
+        reasons[name] = execution["Status"]["StateChangeReason"]
+    none = await run(athena, "SELECT 1 WHERE 1 = ?")
+    assert reasons == {
+        "unquoted": "SYNTAX_ERROR: execution parameter 1 is not a literal: 'it' (a string is"
+        " written in single quotes: 'text')",
+        "expression": "SYNTAX_ERROR: execution parameter 1 is not a literal: \"'a' || 'b'\""
+        " (a string is written in single quotes: 'text')",
+        "bad date": "INVALID_LITERAL: execution parameter 3: '2026-13-01' is not a valid DATE",
+        "too many": "INVALID_PARAMETER_USAGE: Incorrect number of parameters: expected 3 but"
+        " found 4",
+    }
+    assert none["Status"]["StateChangeReason"] == (
+        "INVALID_PARAMETER_USAGE: Incorrect number of parameters: expected 1 but found 0"
+    )
+
+
+REUSE = {"ResultReuseConfiguration": {"ResultReuseByAgeConfiguration": {"Enabled": True}}}
+
+
+async def test_a_repeat_within_the_reuse_age_reuses_the_result_and_runs_nothing(
+    athena: Any,
+) -> None:
+    assert (await run(athena, "CREATE SEQUENCE ticks"))["Status"]["State"] == "SUCCEEDED"
+    # Each run of the SQL takes the sequence's next value: a reused result shows an old one.
+    sql = "SELECT nextval('ticks') AS tick WHERE ? = 1"
+    first = await run(athena, sql, ExecutionParameters=["1"], **REUSE)
+    again = await run(athena, sql, ExecutionParameters=["1"], **REUSE)
+    other_parameters = await run(athena, sql, ExecutionParameters=["1.0"], **REUSE)
+    unasked = await run(athena, sql, ExecutionParameters=["1"])
+    other_catalog = await run(
+        athena,
+        sql,
+        ExecutionParameters=["1"],
+        QueryExecutionContext={"Catalog": "AwsDataCatalog"},
+        **REUSE,
+    )
+    ticks = {}
+    for name, execution in {
+        "first": first,
+        "again": again,
+        "other parameters": other_parameters,
+        "unasked": unasked,
+        "other catalog": other_catalog,
+    }.items():
+        assert execution["Status"]["State"] == "SUCCEEDED"
+        page = await athena.get_query_results(QueryExecutionId=execution["QueryExecutionId"])
+        reused = execution["Statistics"]["ResultReuseInformation"]["ReusedPreviousResult"]
+        ticks[name] = (cells(page)[1][0], reused)
+    assert ticks == {
+        "first": ("1", False),
+        "again": ("1", True),
+        "other parameters": ("2", False),
+        "unasked": ("3", False),
+        # The default catalog named is the one left out: the same context, whose newest
+        # result is the run without reuse.
+        "other catalog": ("3", True),
+    }
+    assert again["Statistics"]["DataScannedInBytes"] == 0
+    assert again["ResultConfiguration"] == first["ResultConfiguration"]
+    assert again["QueryExecutionId"] != first["QueryExecutionId"]
+    # Never the result of a statement other than a query.
+    created = [await run(athena, "CREATE TABLE IF NOT EXISTS once (n INT)", **REUSE) for _ in "ab"]
+    assert [e["Statistics"]["ResultReuseInformation"] for e in created] == [
+        {"ReusedPreviousResult": False}
+    ] * 2
+
+
+async def test_the_catalog_resolves_names_and_an_unknown_one_fails(athena: Any) -> None:
+    assert (await run(athena, "ATTACH ':memory:' AS lakehouse"))["Status"]["State"] == "SUCCEEDED"
+    made = await run(athena, "CREATE TABLE lakehouse.main.sales AS SELECT 7 AS total")
+    assert made["Status"]["State"] == "SUCCEEDED"
+    there = await run(
+        athena, "SELECT total FROM sales", QueryExecutionContext={"Catalog": "LakeHouse"}
+    )
+    assert cells(await athena.get_query_results(QueryExecutionId=there["QueryExecutionId"])) == [
+        ["total"],
+        ["7"],
+    ]
+    assert there["QueryExecutionContext"] == {"Catalog": "LakeHouse"}
+    # The default catalog does not see it; an unknown one fails the query.
+    default = await run(athena, "SELECT total FROM sales")
+    assert default["Status"]["State"] == "FAILED"
+    unknown = await run(athena, "SELECT 1", QueryExecutionContext={"Catalog": "hive_lake"})
+    assert unknown["Status"]["State"] == "FAILED"
+    assert unknown["Status"]["StateChangeReason"] == (
+        "CATALOG_NOT_FOUND: Catalog 'hive_lake' does not exist"
+    )
+
+
+async def test_a_repeated_token_must_repeat_the_parameters(athena: Any) -> None:
+    token = "p" * 40
+    sql = "SELECT ? AS v"
+    first = await start(athena, sql, ClientRequestToken=token, ExecutionParameters=["1"])
+    assert await start(athena, sql, ClientRequestToken=token, ExecutionParameters=["1"]) == first
+    with pytest.raises(athena.exceptions.InvalidRequestException):
+        await start(athena, sql, ClientRequestToken=token, ExecutionParameters=["2"])
+    await wait_state(athena, first, FINAL)

@@ -6,7 +6,14 @@ Where it departs from AWS:
 
 - SQL is DuckDB's, on one in-memory database shared by all queries (a table one
   query creates is there for the next, until the engine stops).
-  `QueryExecutionContext` is echoed back but does not change name resolution.
+  `QueryExecutionContext.Database` is echoed back but does not change name resolution;
+  the Catalog does (AwsDataCatalog is DuckDB's own database, another name a database
+  attached under it; an unknown one fails the query).
+- ExecutionParameters are literals bound to DuckDB's prepared statement; DuckDB casts a
+  bound value to the type its place needs where Athena wants the types to match, and
+  takes `?` anywhere (Athena: in WHERE), literals only (Athena: constant expressions).
+- Result reuse matches Athena's: same SQL, parameters, database, catalog, workgroup and
+  result folder, within MaxAgeInMinutes, queries only.
 - `DataScannedInBytes` is the size of the result CSV: nothing is read from S3.
 - Values are written in Athena's text forms: `true`/`false`, plain integers,
   doubles as Python's repr (`NaN`, `Infinity`), decimals in fixed point, dates

@@ -28,6 +28,9 @@ Json = dict[str, Any]
 BATCH_LIMIT = 50
 PAGE_LIMIT = 1000
 LIST_LIMIT = 50
+PARAMETER_LENGTH = 1024
+MAX_REUSE_MINUTES = 10_080
+DEFAULT_REUSE_MINUTES = 60
 _WORKGROUP = re.compile(r"[a-zA-Z0-9._-]{1,128}")
 
 
@@ -92,6 +95,8 @@ class AthenaApi:
             workgroup=workgroup,
             output_location=_string(result, "OutputLocation", 1, 1024),
             token=_string(body, "ClientRequestToken", 32, 128),
+            parameters=_parameters(body),
+            reuse_minutes=_reuse_minutes(body),
         )
         await self.engine.started(query_id)
         return {"QueryExecutionId": query_id}
@@ -190,11 +195,15 @@ def _execution(execution: Execution) -> Json:
         context["Database"] = execution.database
     if execution.catalog is not None:
         context["Catalog"] = execution.catalog
-    return {
+    reuse: Json = {"Enabled": execution.reuse_minutes is not None}
+    if execution.reuse_minutes is not None:
+        reuse["MaxAgeInMinutes"] = execution.reuse_minutes
+    reply: Json = {
         "QueryExecutionId": execution.id,
         "Query": execution.sql,
         "StatementType": execution.statement_type,
         "ResultConfiguration": {"OutputLocation": execution.output_location},
+        "ResultReuseConfiguration": {"ResultReuseByAgeConfiguration": reuse},
         "QueryExecutionContext": context,
         "Status": status,
         "Statistics": {
@@ -202,10 +211,43 @@ def _execution(execution: Execution) -> Json:
             "DataScannedInBytes": execution.scanned_bytes,
             "TotalExecutionTimeInMillis": execution.total_ms,
             "QueryQueueTimeInMillis": execution.queue_ms,
-            "ResultReuseInformation": {"ReusedPreviousResult": False},
+            "ResultReuseInformation": {"ReusedPreviousResult": execution.reused},
         },
         "WorkGroup": execution.workgroup,
     }
+    if execution.parameters is not None:
+        reply["ExecutionParameters"] = list(execution.parameters)
+    return reply
+
+
+def _parameters(body: Json) -> tuple[str, ...] | None:
+    """ExecutionParameters: a list of at least one string of 1 to 1024 characters."""
+    value = body.get("ExecutionParameters")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and 1 <= len(v) <= PARAMETER_LENGTH for v in value)
+    ):
+        raise invalid(
+            f"ExecutionParameters must be a list of strings of 1 to {PARAMETER_LENGTH} characters"
+        )
+    return tuple(value)
+
+
+def _reuse_minutes(body: Json) -> int | None:
+    """ResultReuseConfiguration's maximum age when it enables reuse (60 unless given)."""
+    by_age = _object(_object(body, "ResultReuseConfiguration"), "ResultReuseByAgeConfiguration")
+    if not by_age:
+        return None
+    enabled = by_age.get("Enabled")
+    if not isinstance(enabled, bool):
+        raise invalid("ResultReuseByAgeConfiguration.Enabled must be a boolean")
+    minutes = _integer(by_age, "MaxAgeInMinutes", 0, MAX_REUSE_MINUTES)
+    if not enabled:
+        return None
+    return DEFAULT_REUSE_MINUTES if minutes is None else minutes
 
 
 def _string(body: Json, key: str, shortest: int, longest: int) -> str | None:

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from athenaq.csvformat import Row
 from athenaq.local.values import Column
 
 STOPPED_BY_USER = "Query cancelled by user"
 _S3_URI = re.compile(r"s3://([^/]+)/?(.*)", re.DOTALL)
+_FIRST_WORD = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(\w+)", re.DOTALL)
+# Athena reuses the results of these statements only.
+_REUSABLE = frozenset({"SELECT", "WITH", "VALUES", "EXECUTE"})
+# Athena's catalog when a query names none, in the lower case Athena compares names in.
+DEFAULT_CATALOG = "awsdatacatalog"
 
 
 class State(StrEnum):
@@ -75,7 +81,9 @@ class Execution:
     database: str | None
     catalog: str | None
     workgroup: str
-    output_location: str  # the result's S3 URI, `<OutputLocation><id>.csv`
+    # The result's S3 URI, `<OutputLocation><id>.csv`; for a reused result, the earlier
+    # execution's.
+    output_location: str
     state: State
     reason: str | None
     failure: Failure | None
@@ -85,6 +93,9 @@ class Execution:
     engine_ms: int
     total_ms: int
     scanned_bytes: int
+    parameters: tuple[str, ...] | None = None  # ExecutionParameters, as given
+    reuse_minutes: int | None = None  # ResultReuseByAgeConfiguration, when enabled
+    reused: bool = False  # it answered with an earlier execution's result
 
 
 @dataclass(frozen=True)
@@ -125,8 +136,14 @@ class Engine(ABC):
         workgroup: str = "primary",
         output_location: str | None = None,
         token: str | None = None,
+        parameters: Sequence[str] | None = None,
+        reuse_minutes: int | None = None,
     ) -> str:
-        """Queue `sql`; returns its id. A repeated `token` returns the first query's id."""
+        """Queue `sql`; returns its id. A repeated `token` returns the first query's id
+        (InvalidRequest when the request differs). `parameters` are bound to the SQL's
+        `?` (athenaq.local.parameters); with `reuse_minutes`, a repeat of a SUCCEEDED
+        query that is at most that old (see `reuse_key`) answers with its result, at
+        once, and runs nothing."""
 
     @abstractmethod
     def get(self, query_id: str) -> Execution: ...
@@ -162,6 +179,41 @@ class Engine(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Stop: cancel or let go of what is left."""
+
+
+def first_word(sql: str) -> str:
+    """The SQL's first word in upper case, past spaces and comments."""
+    found = _FIRST_WORD.match(sql)
+    return found[1].upper() if found else ""
+
+
+def reuse_key(
+    sql: str,
+    parameters: Sequence[str] | None,
+    database: str | None,
+    catalog: str | None,
+    workgroup: str,
+    result_uri: str,
+) -> tuple[Any, ...] | None:
+    """What makes two executions the same for Athena's result reuse: the SQL text and
+    its parameters, the database and catalog, the workgroup and the folder of the
+    result object (`result_uri`'s); None for a statement whose result Athena never
+    reuses (only SELECT and EXECUTE)."""
+    if first_word(sql) not in _REUSABLE:
+        return None
+    return (
+        sql,
+        tuple(parameters or ()),
+        database,
+        (catalog or DEFAULT_CATALOG).lower(),
+        workgroup,
+        result_uri.rpartition("/")[0],
+    )
+
+
+def unknown_catalog(catalog: str) -> Failure:
+    """How Athena fails a query whose QueryExecutionContext names a catalog it lacks."""
+    return Failure(2, 1100, f"CATALOG_NOT_FOUND: Catalog '{catalog}' does not exist")
 
 
 def result_location(output_location: str, query_id: str) -> tuple[str, str]:

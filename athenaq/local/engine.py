@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +30,7 @@ from loguru import logger
 
 from athenaq.csvformat import CsvParser, Row, format_row
 from athenaq.local.base import (
+    DEFAULT_CATALOG,
     STOPPED_BY_USER,
     Engine,
     Execution,
@@ -43,9 +44,13 @@ from athenaq.local.base import (
     TooManyQueries,
     Unavailable,
     check_succeeded,
+    first_word,
     page_of_ids,
     result_location,
+    reuse_key,
+    unknown_catalog,
 )
+from athenaq.local.parameters import ParameterError, values
 from athenaq.local.values import Column, column, text
 
 try:
@@ -66,7 +71,6 @@ WRITE_ERROR_TYPE = 401  # AthenaError.ErrorType: the result could not be written
 INTERNAL_ERROR_TYPE = 100  # AthenaError.ErrorType: internal service error
 STOPPED_BY_SHUTDOWN = "Query cancelled: the local engine stopped"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_FIRST_WORD = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*(\w+)", re.DOTALL)
 _DDL = frozenset({"CREATE", "DROP", "ALTER"})
 _UTILITY = frozenset({"SHOW", "DESCRIBE", "EXPLAIN", "SET", "RESET", "USE", "PRAGMA"})
 
@@ -95,6 +99,13 @@ class _Query:
     result_bytes: int = 0
     cursor: Any = None  # the DuckDB cursor while RUNNING
     stop_requested: bool = False
+    parameters: tuple[str, ...] | None = None
+    reuse_minutes: int | None = None
+    # The request as a repeated ClientRequestToken must repeat it.
+    request: tuple[Any, ...] = ()
+    # What an execution that would reuse this one's result must share (None: nothing can).
+    reuse_key: tuple[Any, ...] | None = None
+    reused: bool = False  # answered with an earlier query's result file, run nothing
 
     def snapshot(self, now: float) -> Execution:
         end = self.finished if self.finished is not None else now
@@ -117,8 +128,12 @@ class _Query:
             queue_ms=_ms(started - self.submitted),
             engine_ms=_ms(end - started),
             total_ms=_ms(end - self.submitted),
-            # Nothing is scanned from S3 here: the size of the result file stands in.
-            scanned_bytes=self.result_bytes,
+            # Nothing is scanned from S3 here: the size of the result file stands in
+            # (nothing for a reused result, as in Athena).
+            scanned_bytes=0 if self.reused else self.result_bytes,
+            parameters=self.parameters,
+            reuse_minutes=self.reuse_minutes,
+            reused=self.reused,
         )
 
 
@@ -176,19 +191,30 @@ class QueryEngine(Engine):
         workgroup: str = "primary",
         output_location: str | None = None,
         token: str | None = None,
+        parameters: Sequence[str] | None = None,
+        reuse_minutes: int | None = None,
     ) -> str:
-        """Queue `sql`; returns its id. A repeated `token` returns the first query's id."""
+        """Queue `sql`; returns its id. A repeated `token` returns the first query's id.
+        With `reuse_minutes`, a repeat of a query that SUCCEEDED at most that long ago
+        is SUCCEEDED at once with that query's result file, and runs nothing."""
         query_id = str(uuid.uuid4())
         result_uri, path = self._result_location(output_location, query_id)
+        parameters = None if parameters is None else tuple(parameters)
+        request = (sql, parameters, database, catalog, workgroup, reuse_minutes)
+        key = reuse_key(sql, parameters, database, catalog, workgroup, result_uri)
         with self._lock:
             if self._closed:
                 raise Unavailable("the local engine has stopped")
             if token is not None and token in self._tokens:
                 earlier = self._queries[self._tokens[token]]
-                if earlier.sql != sql:
+                if earlier.request != request:
                     raise InvalidRequest("Idempotent parameters do not match")
                 return earlier.id
-            if len(self._active) >= self.max_running:
+            now = time.monotonic()
+            reusable = None
+            if key is not None and reuse_minutes is not None:
+                reusable = self._reusable(key, now - reuse_minutes * 60)
+            if reusable is None and len(self._active) >= self.max_running:
                 raise TooManyQueries(f"{len(self._active)} queries are queued or running")
             query = _Query(
                 id=query_id,
@@ -201,14 +227,39 @@ class QueryEngine(Engine):
                 output_location=result_uri,
                 path=path,
                 submitted_at=time.time(),
-                submitted=time.monotonic(),
+                submitted=now,
+                parameters=parameters,
+                reuse_minutes=reuse_minutes,
+                request=request,
+                reuse_key=key,
             )
             self._queries[query_id] = query
-            self._active.add(query_id)
             if token is not None:
                 self._tokens[token] = query_id
+            if reusable is not None:
+                # Athena points the new execution at the earlier one's result object.
+                query.output_location, query.path = reusable.output_location, reusable.path
+                query.columns, query.result_bytes = reusable.columns, reusable.result_bytes
+                query.state, query.started, query.finished = State.SUCCEEDED, now, now
+                query.reused = True
+                return query_id
+            self._active.add(query_id)
             self._pool.submit(self._run, query)
         return query_id
+
+    def _reusable(self, key: tuple[Any, ...], since: float) -> _Query | None:
+        """The newest query that ran and SUCCEEDED with this reuse key at `since` or later
+        (monotonic), with the lock held."""
+        for query in reversed(self._queries.values()):
+            if (
+                query.reuse_key == key
+                and query.state is State.SUCCEEDED
+                and not query.reused
+                and query.finished is not None
+                and query.finished >= since
+            ):
+                return query
+        return None
 
     def get(self, query_id: str) -> Execution:
         with self._lock:
@@ -351,7 +402,16 @@ class QueryEngine(Engine):
 
     def _execute(self, query: _Query, cursor: Any) -> _Outcome:
         try:
-            cursor.execute(query.sql)
+            bound = values(query.sql, query.parameters)
+        except ParameterError as exc:
+            message = str(exc)
+            return _Outcome(State.FAILED, message, Failure(USER_ERROR, SQL_ERROR_TYPE, message))
+        try:
+            if not _use_catalog(cursor, query.catalog):
+                failure = unknown_catalog(query.catalog or "")
+                return _Outcome(State.FAILED, failure.message, failure)
+            # The values are bound to the placeholders, never pasted into the SQL.
+            cursor.execute(query.sql, bound or None)
             columns = tuple(column(name, kind) for name, kind, *_ in cursor.description or ())
             temp = self._write_result(query, cursor, columns)
         except (duckdb.InterruptException, _Stopped):
@@ -430,9 +490,25 @@ def _stop_reason(engine_closed: bool) -> str:
 
 
 def _statement_type(sql: str) -> str:
-    found = _FIRST_WORD.match(sql)
-    word = found[1].upper() if found else ""
+    word = first_word(sql)
     return "DDL" if word in _DDL else "UTILITY" if word in _UTILITY else "DML"
+
+
+def _use_catalog(cursor: Any, catalog: str | None) -> bool:
+    """Resolve the query's names in `catalog`: Athena's default one is DuckDB's own
+    database; another is a database attached to DuckDB under that name (compared in
+    lower case, as Athena compares catalog names). False when there is none."""
+    if catalog is None or catalog.lower() == DEFAULT_CATALOG:
+        return True
+    cursor.execute(
+        "SELECT database_name FROM duckdb_databases() WHERE lower(database_name) = lower(?)",
+        [catalog],
+    )
+    found = cursor.fetchone()
+    if found is None:
+        return False
+    cursor.execute(f'USE "{found[0].replace(chr(34), chr(34) * 2)}"')
+    return True
 
 
 def _ms(seconds: float) -> int:

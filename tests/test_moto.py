@@ -1,6 +1,7 @@
 """The service against moto's Athena in server mode, for what moto does: submit, poll
 (moto has no BatchGetQueryExecution, so the poller falls back per id), results with
-NULL, and a cancel that moto confirms."""
+NULL, a cancel that moto confirms, and the submit's catalog and parameters (which moto
+keeps but does not apply)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aiobotocore.session
 import pytest
+from aiobotocore.config import AioConfig
 from moto.server import ThreadedMotoServer
 from tornado.httpclient import AsyncHTTPClient
 
@@ -97,3 +100,38 @@ async def test_cancel_of_a_running_query_against_moto(moto_url: str, moto_client
             "/moto-api/state-manager/unset-transition",
             {"model_name": "athena::execution"},
         )
+
+
+async def test_the_submit_fields_reach_moto(moto_url: str, moto_client: Client) -> None:
+    """moto keeps the catalog and the ExecutionParameters it is sent, but substitutes
+    nothing (its results are seeded) and never reuses a result: ReusedPreviousResult is
+    always false there."""
+    submit = {
+        "query": "SELECT id FROM things WHERE name = ?",
+        "database": "sales",
+        "catalog": "AwsDataCatalog",
+        "parameters": ["'alpha'"],
+        "labels": {"team": "growth"},
+        "result_reuse_minutes": 60,
+    }
+    ids = []
+    for _ in range(2):
+        response = await moto_client.request("POST", "/query", submit)
+        assert response.code == 202, response.body
+        ids.append(body(response)["id"])
+    statuses = [await moto_client.wait_state(query_id, "SUCCEEDED") for query_id in ids]
+    assert [s["reused_previous_result"] for s in statuses] == [False, False]
+    assert statuses[0]["labels"] == {"team": "growth"}
+    session = aiobotocore.session.get_session()
+    async with session.create_client(
+        "athena",
+        region_name="us-east-1",
+        endpoint_url=moto_url,
+        config=AioConfig(retries={"total_max_attempts": 1}),
+    ) as athena:
+        answer = await athena.get_query_execution(
+            QueryExecutionId=statuses[0]["athena_query_execution_id"]
+        )
+    execution = answer["QueryExecution"]
+    assert execution["ExecutionParameters"] == ["'alpha'"]
+    assert execution["QueryExecutionContext"] == {"Database": "sales", "Catalog": "AwsDataCatalog"}

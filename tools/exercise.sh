@@ -11,6 +11,8 @@
 #   EXERCISE_FAST_SQL  a query that succeeds quickly
 #   EXERCISE_SLOW_SQL  a query that stays RUNNING until it is cancelled
 #   EXERCISE_FAIL_SQL  a query that Athena fails
+#   EXERCISE_PARAM_SQL a query with one `?` placeholder that succeeds with the
+#                      execution parameter 'it''s' (a string literal)
 #   EXERCISE_HEADER    optional extra request header, e.g. "Authorization: Bearer ..."
 #   ATHENAQ_KEY        an API key, for a server with auth.mode api_keys: sent as
 #                      Authorization: Bearer (unless EXERCISE_HEADER is set), and the
@@ -18,7 +20,8 @@
 #                      the status names the key's owner. Never printed.
 # The SQL defaults run as real SQL on the local engine (athenaq-local, DuckDB) and
 # script the project's test Athena endpoint through a `-- double: {JSON}` line
-# comment; against real Athena, set all three.
+# comment; against real Athena, set the first three (the parameter's default is
+# Athena SQL too).
 #
 # Exit status: 0 all checks passed, 1 a check failed, 2 a usage problem.
 
@@ -61,17 +64,21 @@ printf -v DEFAULT_SLOW_SQL '%s\n%s' 'SELECT count(*) FROM range(20000000000000)'
     '-- double: {"queue_ms": 300, "run_ms": 600000}'
 printf -v DEFAULT_FAIL_SQL '%s\n%s' 'SELECT * FROM athenaq_exercise_missing_table' \
     '-- double: {"fail": "Table athenaq_exercise_missing_table does not exist"}'
+printf -v DEFAULT_PARAM_SQL '%s\n%s' "SELECT s FROM (VALUES ('it''s'), ('other')) AS t(s) WHERE s = ?" \
+    '-- double: {"columns": [["s","varchar"]], "rows": [[{"parameter": 1}]]}'
 if [[ -n ${ATHENAQ_KEY:-} ]]; then
     EXERCISE_HEADER=${EXERCISE_HEADER:-"Authorization: Bearer $ATHENAQ_KEY"}
 fi
 FAST_SQL=${EXERCISE_FAST_SQL:-$DEFAULT_FAST_SQL}
 SLOW_SQL=${EXERCISE_SLOW_SQL:-$DEFAULT_SLOW_SQL}
 FAIL_SQL=${EXERCISE_FAIL_SQL:-$DEFAULT_FAIL_SQL}
+PARAM_SQL=${EXERCISE_PARAM_SQL:-$DEFAULT_PARAM_SQL}
 
 UUID_RE='^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 TIMESTAMP_RE='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?Z$'
-STATUS_FIELDS=(id state state_reason query database workgroup athena_query_execution_id
-    submitted_at completed_at results_at statistics owner)
+STATUS_FIELDS=(id state state_reason query database workgroup catalog parameters labels
+    result_reuse_minutes reused_previous_result timeout_seconds callback_url
+    athena_query_execution_id submitted_at completed_at results_at statistics owner)
 STATISTICS_FIELDS=(data_scanned_bytes engine_execution_ms queue_ms total_execution_ms)
 RESULTS_FIELDS=(id state results_at columns rows row_count)
 
@@ -423,6 +430,9 @@ reject '{"query": 5}' application/json 400 validation_error query
 reject '{"query": null}' application/json 400 validation_error query
 reject '{"query": "SELECT 1", "extra": 1}' application/json 400 validation_error extra
 reject '{"query": "SELECT 1"}' text/plain 415 unsupported_media_type
+reject '{"query": "SELECT 1", "parameters": ["1", 2]}' application/json 400 validation_error 'parameters[1]'
+reject '{"query": "SELECT 1", "labels": {"Bad Key": "x"}}' application/json 400 validation_error labels
+reject '{"query": "SELECT 1", "workgroup": "no spaces"}' application/json 400 validation_error workgroup
 # A query one byte over Athena's 262,144 in a small body, then a valid body over 1 MiB.
 {
     printf '{"query": "'
@@ -589,7 +599,27 @@ for id in $PARALLEL_IDS; do
     pass "SUCCEEDED row_count=$(json .row_count)"
 done
 
-# --- 10. With a key: none or a wrong one answers 401, the status names the owner ----
+# --- 10. Parameters and labels: bound to the SQL's placeholder, shown in the status --
+jq -n --arg q "$PARAM_SQL" \
+    '{query: $q, parameters: ["'"'it''s'"'"], labels: {exercise: "parameters", "run.id": "1"}}' \
+    >"$TMP/param.json"
+request POST /query "@$TMP/param.json"
+PARAM_ID=$(expect_accepted)
+pass "$(json .state) id=$PARAM_ID"
+wait_state "$PARAM_ID" SUCCEEDED QUEUED RUNNING
+expect_status_object "$PARAM_ID" "$PARAM_SQL" SUCCEEDED
+expect_jq 'the parameters and labels as submitted, the default catalog' \
+    '.parameters == ["'"'it''s'"'"] and .labels == {exercise: "parameters", "run.id": "1"}
+     and (.catalog | type == "string")'
+pass "parameters=$(jq -c .parameters <<<"$BODY") labels=$(jq -c .labels <<<"$BODY")"
+request GET "/query/$PARAM_ID/results"
+expect_status 200
+if [[ -z ${EXERCISE_PARAM_SQL:-} ]]; then
+    expect_jq "the row the parameter selects, [\"it's\"]" '.rows == [["it'"'"'s"]]'
+fi
+pass "row_count=$(json .row_count)"
+
+# --- 11. With a key: none or a wrong one answers 401, the status names the owner ----
 if [[ -n ${ATHENAQ_KEY:-} ]]; then
     request GET "/query/$FAST_ID/status"
     expect_status 200

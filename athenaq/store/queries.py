@@ -47,7 +47,7 @@ from athenaq.states import (
     SubmitOptions,
     Transition,
 )
-from athenaq.store import admission, keys, schema
+from athenaq.store import admission, keys, schema, watch
 from athenaq.store.database import DEFAULT_CALL_TIMEOUT_SECONDS, open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
 from athenaq.store.outage import Deadline
@@ -509,6 +509,15 @@ class Store:
             )
             for row in rows
         ]
+
+    # -- long-polls --------------------------------------------------------------------
+
+    async def states_of(self, ids: Sequence[str]) -> dict[str, watch.Progress]:
+        """The state and run of each query of `ids` that exists: what the long-poll
+        watcher reads, by primary key, in `watch.statements_for(len(ids))` statements
+        on one connection."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await watch.progress(conn, ids)
 
     # -- admission control ------------------------------------------------------------
 

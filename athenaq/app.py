@@ -39,6 +39,7 @@ from athenaq.states import Lease
 from athenaq.store import Store
 from athenaq.storing import ResultsStorer
 from athenaq.tasks import TaskRegistry
+from athenaq.watcher import Watcher
 
 # Where the embedded local engine keeps the result objects Athena would put in S3.
 LOCAL_ENGINE_DIR = "_local_engine"
@@ -98,6 +99,7 @@ class Service:
         self.poller: Poller | None = None
         self._ctx: Context | None = None
         self._store: Store | None = None
+        self._watcher: Watcher | None = None
         # This process's name in the queries it polls: unique across hosts and restarts.
         self.lease = Lease(
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}",
@@ -129,7 +131,8 @@ class Service:
             athena = await self._stack.enter_async_context(await self._open_athena(results))
             await asyncio.to_thread(results.prepare)
             lookup = Lookup(store, results)
-            machine = Machine(store, lease=self.lease)
+            watcher = Watcher(store)
+            machine = Machine(store, lease=self.lease, moved=watcher.moved)
             storer = ResultsStorer(
                 machine,
                 store,
@@ -178,6 +181,7 @@ class Service:
                 max_body_bytes=config.server.max_body_bytes,
                 max_inflight_requests=config.server.max_inflight_requests,
                 readiness=Readiness(store, results, poller),
+                watcher=watcher,
                 rate_limiter=(
                     RateLimiter(config.auth.requests_per_second)
                     if config.auth.requests_per_second
@@ -191,6 +195,8 @@ class Service:
             self._server.add_sockets(sockets)
             self.poller = poller
             poller.start()
+            self._watcher = watcher
+            watcher.start()
         except BaseException:
             await self._stack.aclose()
             raise
@@ -235,6 +241,9 @@ class Service:
         drain = self.config.server.drain_seconds
         if self._server is not None:
             self._server.stop()
+        if self._watcher is not None:
+            # Long-polls answer now, with their queries as they stand, not at the drain's end.
+            await self._watcher.stop()
         requests = asyncio.ensure_future(self._drain_requests(drain))
         await self.poller.stop(drain)
         self.poller = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from loguru import logger
@@ -50,10 +50,14 @@ class Machine:
         store: Store,
         *,
         lease: Lease,
+        moved: Callable[[QueryRecord], None] | None = None,
     ) -> None:
+        """`moved` is called with the record of every move this machine writes (the
+        long-poll watcher wakes its waiters with it); it must not raise."""
         self.store = store
         # This process's: a query it submits or refreshes is its own to start and poll.
         self.lease = lease
+        self.moved = moved
         self.lock = KeyedLock()
 
     # -- the single writer --------------------------------------------------------------
@@ -98,7 +102,10 @@ class Machine:
             reason=reason,
             **fields,
         )
-        return dataclasses.replace(current, state=target, version=current.version + 1, **columns)
+        record = dataclasses.replace(current, state=target, version=current.version + 1, **columns)
+        if self.moved is not None:
+            self.moved(record)
+        return record
 
     # -- a new query ------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
 from marshmallow.decorators import POST_DUMP, PRE_DUMP
 
 from athenaq.clock import isoformat
@@ -27,6 +27,8 @@ MAX_QUERY_BYTES = 262_144
 DEFAULT_PAGE_ROWS = 1_000
 MAX_PAGE_ROWS = 10_000
 RESULT_FORMATS = ("json", "csv", "jsonl")
+# The longest a status request may wait for its query to finish (`?wait=N`), in seconds.
+MAX_WAIT_SECONDS = 60
 
 
 class Timestamp(fields.Field[Any]):
@@ -176,6 +178,18 @@ class ResultsRequest(Schema):
     )
     format = fields.String(
         validate=validate.OneOf(RESULT_FORMATS, error="must be one of: {choices}")
+    )
+
+
+class StatusRequest(Schema):
+    """The query parameters of `GET /query/<id>/status`: only `wait` is read, the others
+    are ignored, as they were before it."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    wait = Count(
+        validate=validate.Range(min=1, max=MAX_WAIT_SECONDS, error="must be 1 to {max}"),
     )
 
 

@@ -208,6 +208,55 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
     assert messages.count("the store answers again; polling resumes") == backs_off
 
 
+async def test_a_long_poll_never_waits_past_its_time_while_the_store_is_out_of_reach(
+    outage: Outage,
+    double: AthenaDouble,
+    tmp_path: Path,
+    start_service: Callable[[Config], Awaitable[Service]],
+) -> None:
+    """A request waiting for its query when the store goes: answered once its N seconds
+    are up, within the 503 rule's 2 s after them; one begun meanwhile is a quick 503."""
+    wait = 2
+    config = make_config(outage.url, double.url, tmp_path / "results", store_timeout=1.5)
+    service = await start_service(config)
+    client = Client(service.url)
+    held = await client.submit(HELD.format(n=0))
+    await client.wait_state(held, "RUNNING")
+    assert service._ctx is not None
+    watcher = service._ctx.watcher
+    path = f"/query/{held}/status?wait={wait}"
+    for way, start in outage.ways.items():
+        started = time.monotonic()
+        waiting = asyncio.ensure_future(client.request("GET", path))
+        await wait_for(lambda: watcher.waiting == 1, what="the request to wait")
+        await start()
+        response = await waiting
+        seconds = time.monotonic() - started
+        print(f"{way}: answered {response.code} after {seconds:.2f} s")
+        assert wait <= seconds < wait + ANSWER_SECONDS, (way, seconds)
+        if outage.reads_stop or response.code == 503:
+            assert_store_unavailable(response, f"{way}: a long-poll")
+        else:
+            assert (response.code, body(response)["state"]) == (200, "RUNNING"), response.body
+        if outage.reads_stop:
+            # Its first read is a request's read like any other.
+            response = await timed(client, "GET", path)
+            assert_store_unavailable(response, f"{way}: a long-poll begun in the outage")
+        outage.heal()
+
+        async def recovered() -> bool:
+            response = await client.request("GET", f"/query/{held}/status")
+            return response.code == 200
+
+        await wait_for(recovered, what=f"the store in reach again after {way}")
+    # And the next wait is told of the end, as ever.
+    waiting = asyncio.ensure_future(client.request("GET", f"/query/{held}/status?wait=30"))
+    await wait_for(lambda: watcher.waiting == 1, what="the request to wait")
+    double.release((await client.status(held))["athena_query_execution_id"])
+    response = await waiting
+    assert (response.code, body(response)["state"]) == (200, "SUCCEEDED"), response.body
+
+
 async def test_a_bug_in_a_statement_is_not_taken_for_an_outage(keys_store: Store) -> None:
     """An integrity error (here a duplicate id) is a bug to see, a 500, not a 503."""
     await keys_store.create("same-id", "SELECT 1", "default", "primary", "first", owner="a")

@@ -37,6 +37,7 @@ from athenaq.logs import log_request
 from athenaq.lookup import Lookup
 from athenaq.ratelimit import RateLimiter
 from athenaq.states import IllegalTransition
+from athenaq.watcher import Watcher
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _HTTP_CODES = {
@@ -96,6 +97,8 @@ class Context:
     max_inflight_requests: int
     # What GET /ready checks.
     readiness: Readiness
+    # Wakes the status requests that wait for their query to finish (`?wait=N`).
+    watcher: Watcher
     # Requests per second per caller (auth.requests_per_second); None: no limit.
     rate_limiter: RateLimiter | None = None
     in_flight: RequestsInFlight = field(default_factory=RequestsInFlight)
@@ -159,6 +162,10 @@ class BaseHandler(RequestHandler):
     def launcher(self) -> Launcher:
         return self.ctx.launcher
 
+    @property
+    def watcher(self) -> Watcher:
+        return self.ctx.watcher
+
     async def prepare(self) -> None:
         if self.screen_request() or self.allow_unauthenticated:
             return
@@ -187,8 +194,10 @@ class BaseHandler(RequestHandler):
 
         First of all, past `max_inflight_requests` (this one counted) the request is shed:
         answered at once, before its body, its key or the store, so that clients back off
-        rather than wait in a queue until they time out."""
-        if self.sheddable and self.ctx.in_flight.count > self.ctx.max_inflight_requests:
+        rather than wait in a queue until they time out. A status request waiting for its
+        query to finish costs next to nothing while it waits, and is not counted meanwhile."""
+        in_flight = self.ctx.in_flight.count - self.ctx.watcher.waiting
+        if self.sheddable and in_flight > self.ctx.max_inflight_requests:
             raise Overloaded("too many requests in flight; try again")
         self._screen_body()
         if self.request.method == "OPTIONS":

@@ -6,12 +6,13 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 from tornado.iostream import StreamClosedError
 
 from athenaq.errors import PayloadTooLarge, ValidationFailed
 from athenaq.handlers.base import BaseHandler
 from athenaq.identity import CANCEL, READ, SUBMIT
+from athenaq.logs import ABORTED_STATUS
 from athenaq.schemas import (
     MAX_QUERY_BYTES,
     STATUS,
@@ -19,9 +20,11 @@ from athenaq.schemas import (
     ResultsRequest,
     ResultsSchema,
     StateSchema,
+    StatusRequest,
     SubmitRequest,
     submit_options,
 )
+from athenaq.watcher import Waiter, Woken
 
 if TYPE_CHECKING:
     from athenaq.results import DownloadFormat, ResultReader
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 # Schemas are built once: building one copies its fields, which costs more than using it.
 _SUBMIT_REQUEST = SubmitRequest()
 _RESULTS_REQUEST = ResultsRequest()
+_STATUS_REQUEST = StatusRequest()
 _STATE = StateSchema()
 _RESULTS = ResultsSchema()
 _CANCEL = CancelSchema()
@@ -50,6 +54,28 @@ def _first_message(messages: Any, path: str = "") -> str:
     if isinstance(messages, list):
         return _first_message(messages[0], path)
     return f"{path}: {messages}" if path else str(messages)
+
+
+def _load_parameters(
+    schema: Schema, query_arguments: dict[str, list[bytes]], only: str | None = None
+) -> dict[str, Any]:
+    """The query parameters (`only` that one) loaded by `schema`; 400 for one given more
+    than once, not UTF-8, or that the schema refuses."""
+    arguments: dict[str, str] = {}
+    for name, values in query_arguments.items():
+        if only is not None and name != only:
+            continue
+        if len(values) > 1:
+            raise ValidationFailed(f"{name}: given more than once")
+        try:
+            arguments[name] = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationFailed(f"{name}: not valid UTF-8") from None
+    try:
+        request: dict[str, Any] = schema.load(arguments)
+    except ValidationError as exc:
+        raise ValidationFailed(_first_message(exc.messages)) from None
+    return request
 
 
 class SubmitHandler(BaseHandler):
@@ -73,13 +99,32 @@ class SubmitHandler(BaseHandler):
 
 
 class StatusHandler(BaseHandler):
-    """GET /query/<id>/status: 200; 404."""
+    """GET /query/<id>/status, `?wait=N` to wait up to N s for the query to finish: 200;
+    400, 404."""
 
     required_scope = READ
+    # While the request waits: what wakes it, also when its client hangs up.
+    waiter: Waiter | None = None
 
     async def get(self, segment: str) -> None:
-        record = await self.lookup.status(self.query_id(segment), self.caller)
+        query_id = self.query_id(segment)
+        wait = _load_parameters(_STATUS_REQUEST, self.request.query_arguments, "wait").get("wait")
+        record = await self.lookup.status(query_id, self.caller)
+        if wait is not None and not record.is_finished:
+            with self.watcher.watching(record) as self.waiter:
+                woken = await self.waiter.wait(wait)
+            self.waiter = None
+            if woken is Woken.GONE:
+                # Nobody to answer; logged as a request its client abandoned.
+                self.set_status(ABORTED_STATUS)
+                return
+            record = await self.lookup.status(query_id, self.caller)
         self.write_json(STATUS.dump(record))
+
+    def on_connection_close(self) -> None:
+        if self.waiter is not None:
+            self.waiter.wake(Woken.GONE)
+        super().on_connection_close()
 
     def compute_etag(self) -> None:
         # The answer is `Cache-Control: no-store`: no cache keeps it to revalidate, so a
@@ -107,19 +152,7 @@ class ResultsHandler(BaseHandler):
             reader.close()
 
     def _parameters(self) -> dict[str, Any]:
-        arguments: dict[str, str] = {}
-        for name, values in self.request.query_arguments.items():
-            if len(values) > 1:
-                raise ValidationFailed(f"{name}: given more than once")
-            try:
-                arguments[name] = values[0].decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValidationFailed(f"{name}: not valid UTF-8") from None
-        try:
-            request: dict[str, Any] = _RESULTS_REQUEST.load(arguments)
-        except ValidationError as exc:
-            raise ValidationFailed(_first_message(exc.messages)) from None
-        return request
+        return _load_parameters(_RESULTS_REQUEST, self.request.query_arguments)
 
     def _negotiated_format(self) -> str:
         """The format the Accept header prefers; JSON when it names none we make."""

@@ -407,6 +407,15 @@ expect_status 200
 expect_results "$FAST_ID"
 FAST_ROWS=$(jq -c '{columns, rows}' <<<"$BODY")
 pass "SUCCEEDED row_count=$(json .row_count)"
+# A long-poll of a finished query answers at once.
+started=$SECONDS
+request GET "/query/$FAST_ID/status?wait=60"
+expect_status 200
+expect_jq 'state SUCCEEDED' '.state == "SUCCEEDED"'
+if ((SECONDS - started > 10)); then
+    fail "a finished query's long-poll answered at once" "after $((SECONDS - started)) s"
+fi
+pass "long-poll of a finished query: SUCCEEDED at once"
 
 # --- 2. Bad input: rejected with the right code, and no query made -----------------
 # reject BODY CONTENT_TYPE STATUS CODE [FIELD]: POST /query is refused; FIELD is named
@@ -487,7 +496,26 @@ pass "query_running, Retry-After: $RETRY_AFTER"
 request POST "/query/$SLOW_ID/refresh"
 expect_code 409 query_running RUNNING
 pass query_running
+# Long-polls: a bad wait is a 400 naming it; wait=1 answers RUNNING once the second is
+# up; one waiting when the cancel comes answers CANCELLED.
+for wait in 0 61 1.5 abc "1&wait=2"; do
+    request GET "/query/$SLOW_ID/status?wait=$wait"
+    expect_code 400 validation_error
+    expect_jq '400 validation_error naming "wait"' '.error.message | startswith("wait:")'
+    pass "wait=$wait: validation_error names wait"
+done
+request GET "/query/$SLOW_ID/status?wait=1"
+expect_status 200
+expect_jq 'state RUNNING after the wait' '.state == "RUNNING"'
+pass "wait=1: RUNNING"
+send "$TMP/longpoll" GET "/query/$SLOW_ID/status?wait=30" &
+LONGPOLL=$!
 cancel "$SLOW_ID" RUNNING
+wait "$LONGPOLL"
+load "$TMP/longpoll" "GET /query/$SLOW_ID/status?wait=30"
+expect_status 200
+expect_jq 'state CANCELLED' '.state == "CANCELLED"'
+pass "wait=30 waiting through the cancel: CANCELLED"
 request GET "/query/$SLOW_ID/status"
 expect_status 200
 expect_jq 'state CANCELLED' '.state == "CANCELLED"'

@@ -36,7 +36,10 @@ class Lookup:
     async def status(self, query_id: str, caller: Caller) -> QueryRecord:
         """The query as `get` gives it; one waiting for an Athena slot says so in its
         `state_reason`, with its place in the fair order of admission, counted now."""
-        record = await self.get(query_id, caller)
+        return await self.described(await self.get(query_id, caller))
+
+    async def described(self, record: QueryRecord) -> QueryRecord:
+        """`record`, as read, as `status` gives it."""
         if (
             record.state == QueryState.QUEUED
             and record.admitted_at is None

@@ -8,8 +8,10 @@ made anywhere (another process sharing the store) by one shared read every
 `interval` seconds while anyone waits: the state and run of every waited-on query, by
 primary key, in one statement per `store.watch.CHUNK` ids, however many requests wait
 on them. A query is done waiting for once it is finished, or once it began a new run (a
-refresh after it finished, between two reads). A shutdown wakes every waiter, which
-answers with the query as it stands.
+refresh after it finished, between two reads). A waiter is woken with the query as it
+now stands: the machine's record, or the whole rows of the queries a shared read found
+done, read together; so a thousand answers cost no read each. A shutdown wakes every
+waiter, with its query read for it in the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from loguru import logger
 
 from athenaq.errors import StoreUnavailable
-from athenaq.states import QueryRecord
+from athenaq.states import QueryRecord, QueryState
 from athenaq.store import Store
 
 # How often the shared read runs while requests wait: a change made by another process
@@ -46,17 +48,20 @@ class Woken(enum.Enum):
 class Waiter:
     """One request waiting for a query (as it read it, unfinished) to finish."""
 
-    __slots__ = ("_watcher", "_woken", "query_id", "run")
+    __slots__ = ("_watcher", "_woken", "query_id", "record", "run")
 
     def __init__(self, watcher: Watcher, record: QueryRecord) -> None:
         self._watcher = watcher
         self.query_id = record.id
         self.run = record.run
+        # The query as it stood when the waiter was woken, if the watcher had it.
+        self.record: QueryRecord | None = None
         self._woken: asyncio.Future[Woken] = asyncio.get_running_loop().create_future()
 
-    def wake(self, why: Woken) -> None:
-        """End the wait (the first reason given stands)."""
+    def wake(self, why: Woken, record: QueryRecord | None = None) -> None:
+        """End the wait, with the query as it stands when known (the first wake stands)."""
         if not self._woken.done():
+            self.record = record
             self._woken.set_result(why)
 
     async def wait(self, seconds: float) -> Woken:
@@ -66,7 +71,7 @@ class Waiter:
         deadline."""
         done, _ = await asyncio.wait((self._woken,), timeout=seconds)
         woken = self._woken.result() if done else Woken.TIMEOUT
-        if woken in (Woken.TIMEOUT, Woken.STOPPING) and self._watcher.store_down:
+        if self.record is None and woken is not Woken.GONE and self._watcher.store_down:
             raise StoreUnavailable("the store cannot be reached")
         return woken
 
@@ -101,14 +106,17 @@ class Watcher:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        """Wake every waiter, and any that comes later at once; end the shared reads."""
+        """Wake every waiter, with its query as it stands (read for all of them at once),
+        and any that comes later at once; end the shared reads."""
         self._stopped.set()
         self._nudge.set()
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.wake(Woken.STOPPING)
         if self._task is not None:
             await self._task
+        if self._waiters:
+            records = await self._records(list(self._waiters))
+            for query_id, waiters in self._waiters.items():
+                for waiter in waiters:
+                    waiter.wake(Woken.STOPPING, records.get(query_id))
 
     @contextlib.contextmanager
     def watching(self, record: QueryRecord) -> Iterator[Waiter]:
@@ -133,15 +141,9 @@ class Watcher:
 
     def moved(self, record: QueryRecord) -> None:
         """The machine's hook: `record` is a query this process just moved."""
-        waiters = self._waiters.get(record.id)
-        if waiters:
-            self._wake(waiters, record.state.is_finished, record.run)
-
-    @staticmethod
-    def _wake(waiters: set[Waiter], finished: bool, run: int) -> None:
-        for waiter in waiters:
-            if finished or run != waiter.run:
-                waiter.wake(Woken.MOVED)
+        for waiter in self._waiters.get(record.id, ()):
+            if _done(waiter, record.state, record.run):
+                waiter.wake(Woken.MOVED, record)
 
     async def _run(self) -> None:
         while not self.stopping:
@@ -157,7 +159,8 @@ class Watcher:
                 await self._read()
 
     async def _read(self) -> None:
-        """One shared read of the waited-on queries; their waiters woken as due."""
+        """One shared read of the waited-on queries; the waiters whose query is done are
+        woken with its whole row, read for all of them at once."""
         try:
             progress = await self.store.states_of(list(self._waiters))
         except StoreUnavailable as exc:
@@ -173,7 +176,33 @@ class Watcher:
         if self.store_down:
             logger.info("the store answers again; long-polls are told of changes")
             self.store_down = False
-        for query_id, (state, run) in progress.items():
-            waiters = self._waiters.get(query_id)
-            if waiters:
-                self._wake(waiters, state.is_finished, run)
+        done = [
+            query_id
+            for query_id, (state, run) in progress.items()
+            if any(_done(waiter, state, run) for waiter in self._waiters.get(query_id, ()))
+        ]
+        if not done:
+            return
+        records = await self._records(done)
+        for query_id in done:
+            record = records.get(query_id)
+            for waiter in self._waiters.get(query_id, ()):
+                # A query read after its state: it may have moved again since, even
+                # back to unfinished (a refresh), and is answered as it is read.
+                waiter.wake(Woken.MOVED, record)
+
+    async def _records(self, ids: list[str]) -> dict[str, QueryRecord]:
+        """The queries of `ids` as they stand; none when the store does not answer (each
+        waiter then reads its own query, or answers 503 when the store is known down)."""
+        try:
+            return await self.store.records_of(ids)
+        except StoreUnavailable:
+            self.store_down = True
+        except Exception:
+            logger.exception("the long-poll watcher could not read the store")
+        return {}
+
+
+def _done(waiter: Waiter, state: QueryState, run: int) -> bool:
+    """Whether the query a waiter waits for is done: finished, or in a new run."""
+    return state.is_finished or run != waiter.run

@@ -383,13 +383,17 @@ async def test_a_thousand_waiters_cost_one_read_per_interval_and_hold_no_connect
     left = WAITERS - 2 * (WAITERS // QUERIES)
     await wait_for(lambda: watcher.waiting == left, what="the hung up to leave")
 
-    # The shutdown answers every waiter at once, with its query as it stands.
+    # The shutdown answers every waiter at once, with its query as it stands, read for
+    # all of them together: no waiter reads its own.
     stopping = time.monotonic()
-    stop = asyncio.ensure_future(service.stop())
-    waiting = [poll for n, poll in enumerate(polls) if n % QUERIES > 1]
-    answers = await asyncio.gather(*(poll.answer() for poll in waiting))
-    answered = time.monotonic() - stopping
-    await stop
+    with store_use(store) as use:
+        stop = asyncio.ensure_future(service.stop())
+        waiting = [poll for n, poll in enumerate(polls) if n % QUERIES > 1]
+        answers = await asyncio.gather(*(poll.answer() for poll in waiting))
+        answered = time.monotonic() - stopping
+        await stop
+    by_id = [s for s in use.statements if s.startswith("SELECT") and "queries.id = " in s]
+    assert by_id == [], by_id[:3]
     print(f"{len(waiting)} waiters answered {answered:.2f} s after the stop began")
     # Sent, and never seen RUNNING by the poller, which ticked only before the submits.
     assert {(code, status["state"]) for code, status in answers} == {(200, "QUEUED")}
@@ -417,6 +421,10 @@ async def test_the_shared_read_takes_its_ids_in_chunks(db_url: str) -> None:
                 progress = await store.states_of(ids)
             assert len(use.statements) == statements_for(count) == -(-count // CHUNK)
             assert progress == {i: expected[i] for i in ids if i in expected}, count
+            with store_use(store) as use:
+                records = await store.records_of(ids)
+            assert len(use.statements) == statements_for(count)
+            assert records == {i: await store.get(i) for i in ids if i in expected}, count
     finally:
         await store.close()
 

@@ -113,12 +113,15 @@ class StatusHandler(BaseHandler):
         if wait is not None and not record.is_finished:
             with self.watcher.watching(record) as self.waiter:
                 woken = await self.waiter.wait(wait)
-            self.waiter = None
+            latest, self.waiter = self.waiter.record, None
             if woken is Woken.GONE:
                 # Nobody to answer; logged as a request its client abandoned.
                 self.set_status(ABORTED_STATUS)
                 return
-            record = await self.lookup.status(query_id, self.caller)
+            if latest is None:
+                record = await self.lookup.status(query_id, self.caller)
+            else:
+                record = await self.lookup.described(latest)
         self.write_json(STATUS.dump(record))
 
     def on_connection_close(self) -> None:

@@ -519,6 +519,13 @@ class Store:
         async with Deadline(self.timeout), self._driver.connect() as conn:
             return await watch.progress(conn, ids)
 
+    async def records_of(self, ids: Sequence[str]) -> dict[str, QueryRecord]:
+        """Each query of `ids` that exists as stored now, by id: what the long-poll watcher
+        answers its waiters with, in `watch.statements_for(len(ids))` statements."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            found = await watch.rows(conn, ids)
+        return {row["id"]: _record(row) for row in found}
+
     # -- admission control ------------------------------------------------------------
 
     async def admit(self, cap: int) -> list[tuple[str, str | None]]:

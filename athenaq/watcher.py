@@ -26,6 +26,7 @@ from loguru import logger
 from athenaq.errors import StoreUnavailable
 from athenaq.states import QueryRecord, QueryState
 from athenaq.store import Store
+from athenaq.store.watch import Progress
 
 # How often the shared read runs while requests wait: a change made by another process
 # is answered within about this, plus the read.
@@ -160,9 +161,9 @@ class Watcher:
 
     async def _read(self) -> None:
         """One shared read of the waited-on queries; the waiters whose query is done are
-        woken with its whole row, read for all of them at once."""
+        woken with its whole row, read for all of them at once, on the same connection."""
         try:
-            progress = await self.store.states_of(list(self._waiters))
+            _, records = await self.store.states_of(list(self._waiters), self._due)
         except StoreUnavailable as exc:
             if not self.store_down:
                 logger.warning("the store is unavailable; long-polls wait blind", error=str(exc))
@@ -176,20 +177,16 @@ class Watcher:
         if self.store_down:
             logger.info("the store answers again; long-polls are told of changes")
             self.store_down = False
-        done = [
-            query_id
-            for query_id, (state, run) in progress.items()
-            if any(_done(waiter, state, run) for waiter in self._waiters.get(query_id, ()))
-        ]
-        if not done:
-            return
-        records = await self._records(done)
-        for query_id in done:
-            record = records.get(query_id)
+        for query_id, record in records.items():
             for waiter in self._waiters.get(query_id, ()):
-                # A query read after its state: it may have moved again since, even
-                # back to unfinished (a refresh), and is answered as it is read.
+                # A row read after its state: it may have moved again since, even back
+                # to unfinished (a refresh), and is answered as it is read.
                 waiter.wake(Woken.MOVED, record)
+
+    def _due(self, query_id: str, progress: Progress) -> bool:
+        """Whether a waiter of the query is done waiting: its whole row is to be read."""
+        state, run = progress
+        return any(_done(waiter, state, run) for waiter in self._waiters.get(query_id, ()))
 
     async def _records(self, ids: list[str]) -> dict[str, QueryRecord]:
         """The queries of `ids` as they stand; none when the store does not answer (each

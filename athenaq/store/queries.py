@@ -512,12 +512,18 @@ class Store:
 
     # -- long-polls --------------------------------------------------------------------
 
-    async def states_of(self, ids: Sequence[str]) -> dict[str, watch.Progress]:
-        """The state and run of each query of `ids` that exists: what the long-poll
-        watcher reads, by primary key, in `watch.statements_for(len(ids))` statements
-        on one connection."""
+    async def states_of(
+        self, ids: Sequence[str], whole: Callable[[str, watch.Progress], bool] | None = None
+    ) -> tuple[dict[str, watch.Progress], dict[str, QueryRecord]]:
+        """The state and run of each query of `ids` that exists, by id: what the long-poll
+        watcher reads, by primary key, in `watch.statements_for(len(ids))` statements;
+        and the whole rows of those `whole` picks (query id, its state and run), read
+        right after on the same connection, one checkout of the pool for both."""
         async with Deadline(self.timeout), self._driver.connect() as conn:
-            return await watch.progress(conn, ids)
+            progress = await watch.progress(conn, ids)
+            picked = [i for i, p in progress.items() if whole(i, p)] if whole else []
+            found = await watch.rows(conn, picked) if picked else []
+        return progress, {row["id"]: _record(row) for row in found}
 
     async def records_of(self, ids: Sequence[str]) -> dict[str, QueryRecord]:
         """Each query of `ids` that exists as stored now, by id: what the long-poll watcher

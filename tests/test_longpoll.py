@@ -32,7 +32,8 @@ from tests.conftest import Client, body, make_config, make_key, wait_for, with_k
 from tests.served import served, served_config
 
 StartService = Callable[..., Awaitable[Service]]
-HELD = 'SELECT {n} -- double: {{"hold": true}}'
+# Runs until stopped on the local engine too; the double holds it RUNNING until released.
+HELD = 'SELECT count(*) + {n} FROM range(20000000000000)\n-- double: {{"hold": true}}'
 # The contract: an answer within 1 s of the change.
 ANSWER_SECONDS = 1.0
 # Time a loaded machine may add to a wait's own N seconds before its answer arrives.

@@ -31,11 +31,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, inspect
 
 from athenaq.app import Service
 from athenaq.config import Config
-from athenaq.states import QueryState
+from athenaq.states import QueryState, SubmitOptions
 from athenaq.store import SchemaError, Store
 from athenaq.store.database import open_engine, sqlite_path
 from athenaq.store.schema import MIGRATIONS, head
@@ -189,8 +189,10 @@ async def test_a_release_database_is_upgraded_by_athenaq_migrate_and_served_unch
         " took an Athena slot, and each owner's latest turn.",
         "athenaq migrate: applied revision 0005: The query API: Athena context, options,"
         " labels, idempotency keys, listing, cache, retention.",
+        "athenaq migrate: applied revision 0006: The cache index ends with the time of the"
+        " results: a lookup reads only young ones.",
     ]
-    assert head() == "0005"
+    assert head() == "0006"
     assert await schema_differences(db_url) == []
     client = Client((await start_service(config)).url)
     answers = release("answers.json")
@@ -409,9 +411,9 @@ async def test_queries_of_the_release_before_the_query_api_keep_their_rows_and_g
     store = await Store.connect(db_url, maxsize=2)
     try:
         change = await store.create_schema()
-        assert change.steps == (
+        assert change.steps[0] == (
             "applied revision 0005: The query API: Athena context, options, labels,"
-            " idempotency keys, listing, cache, retention.",
+            " idempotency keys, listing, cache, retention."
         )
         assert await schema_differences(db_url) == []
         record = await store.get("00000000-0000-4000-8000-000000000005")
@@ -435,6 +437,38 @@ async def test_queries_of_the_release_before_the_query_api_keep_their_rows_and_g
             None,
         )
         assert (record.reused_previous_result, record.results_expired_at) == (None, None)
+    finally:
+        await store.close()
+
+
+async def test_the_cache_index_gains_the_time_of_the_results(db_url: str) -> None:
+    await upgrade_to(db_url, "0005")
+    store = await Store.connect(db_url, maxsize=2)
+    try:
+        record = await store.create(
+            "00000000-0000-4000-8000-000000000006",
+            "SELECT 6",
+            "default",
+            "primary",
+            "submitted",
+            owner="reports",
+            options=SubmitOptions(cache_key="c" * 64),
+        )
+        change = await store.create_schema()
+        assert change.steps == (
+            "applied revision 0006: The cache index ends with the time of the results: a"
+            " lookup reads only young ones.",
+        )
+        assert await schema_differences(db_url) == []
+        engine = await open_engine(db_url, 1)
+        try:
+            async with engine.connect() as conn:
+                indexes = await conn.run_sync(lambda sync: inspect(sync).get_indexes("queries"))
+        finally:
+            await engine.dispose()
+        [cache] = [index for index in indexes if index["name"] == "queries_cache"]
+        assert cache["column_names"] == ["owner", "cache_key", "state", "results_at"]
+        assert await store.get(record.id) == record
     finally:
         await store.close()
 

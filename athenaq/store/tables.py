@@ -131,8 +131,9 @@ queries = Table(
     # An owner's queries, and everyone's, newest first (GET /queries, GET /usage).
     Index("queries_owner_submitted", "owner", "submitted_at", "id"),
     Index("queries_submitted", "submitted_at", "id"),
-    # The athenaq cache: an owner's queries with the same cache key, by state.
-    Index("queries_cache", "owner", "cache_key", "state"),
+    # The athenaq cache: an owner's queries with the same cache key, by state, then by
+    # when their results were stored (revision 0006): a lookup reads the young ones only.
+    Index("queries_cache", "owner", "cache_key", "state", "results_at"),
     # Retention: the results not yet removed, oldest first.
     Index("queries_results_expiry", "results_expired_at", "results_at"),
     # A stopping process finds the queries it holds.

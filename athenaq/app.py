@@ -33,6 +33,7 @@ from athenaq.lookup import Lookup
 from athenaq.machine import Machine
 from athenaq.policy import Policy
 from athenaq.poller import Poller
+from athenaq.purger import KeyPurger
 from athenaq.ratelimit import RateLimiter
 from athenaq.results import ResultFiles
 from athenaq.states import Lease
@@ -97,6 +98,7 @@ class Service:
         self._server: AthenaqHTTPServer | None = None
         self.tasks = TaskRegistry()
         self.poller: Poller | None = None
+        self.purger: KeyPurger | None = None
         self._ctx: Context | None = None
         self._store: Store | None = None
         self._watcher: Watcher | None = None
@@ -197,6 +199,8 @@ class Service:
             poller.start()
             self._watcher = watcher
             watcher.start()
+            self.purger = KeyPurger(store)
+            self.purger.start()
         except BaseException:
             await self._stack.aclose()
             raise
@@ -245,6 +249,8 @@ class Service:
             # Long-polls answer now, with their queries as they stand, not at the drain's end.
             await self._watcher.stop()
         requests = asyncio.ensure_future(self._drain_requests(drain))
+        if self.purger is not None:
+            await self.purger.stop()
         await self.poller.stop(drain)
         self.poller = None
         await requests

@@ -7,13 +7,19 @@ machine's per-query lock.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import asyncio
+import dataclasses
+import functools
+from datetime import datetime, timedelta
+from enum import StrEnum
 from urllib.parse import urlsplit
 
 from athenaq.athena import Athena, AthenaCallError
+from athenaq.cachekey import cache_key
 from athenaq.clock import utcnow
 from athenaq.config import host_key
 from athenaq.errors import (
+    IdempotencyKeyReused,
     QueryCancelled,
     QueryFinished,
     QueryRunning,
@@ -28,15 +34,52 @@ from athenaq.results import ResultFiles
 from athenaq.states import (
     DEFAULT_CATALOG,
     EXECUTION_FIELDS,
+    IDEMPOTENCY_HOURS,
     NO_OPTIONS,
     Event,
+    FirstAnswer,
+    Idempotency,
     QueryRecord,
     QueryState,
     SubmitOptions,
 )
 from athenaq.store import Store
+from athenaq.store.idempotent import IdempotencyKeyTaken, KeyVanished
 
 Q = QueryState
+# A SQL text longer than this has its cache key made on a worker thread: tokenizing takes
+# about a millisecond of the event loop's time at this size (a second at Athena's limit).
+INLINE_CACHE_KEY_CHARS = 2_000
+
+
+class Outcome(StrEnum):
+    """What a submit's answer is."""
+
+    #: a new QUEUED query (202)
+    CREATED = "created"
+    #: the owner's SUCCEEDED query with the same cache key, results young enough (200)
+    CACHED = "cached"
+    #: the owner's QUEUED or RUNNING query with the same cache key (202)
+    JOINED = "joined"
+
+    @property
+    def status(self) -> int:
+        return 200 if self is Outcome.CACHED else 202
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """A submit's answer: the query, how it came, and whether it is the first answer of
+    the request's Idempotency-Key again (then nothing else was done)."""
+
+    record: QueryRecord
+    outcome: Outcome
+    replayed: bool = False
+
+    @property
+    def started(self) -> bool:
+        """Whether this submit made the query, which is to be sent to Athena."""
+        return self.outcome is Outcome.CREATED and not self.replayed
 
 
 class Commands:
@@ -71,24 +114,89 @@ class Commands:
         self.callback_hosts = callback_hosts
 
     async def submit(
-        self, sql: str, caller: Caller, options: SubmitOptions = NO_OPTIONS
-    ) -> QueryRecord:
-        """Record a new QUEUED query of `caller` (the launcher sends it to Athena), in the
-        database, workgroup and catalog `options` name, the config's where they name none.
+        self,
+        sql: str,
+        caller: Caller,
+        options: SubmitOptions = NO_OPTIONS,
+        *,
+        max_age_seconds: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Submitted:
+        """Record a new QUEUED query of `caller` (the launcher sends it to Athena), with its
+        cache key; or answer with a query that is there already, starting nothing:
 
-        ValidationFailed for a callback_url whose host webhooks.allowed_hosts lacks; the
-        policy's refusals (Forbidden for a database or workgroup outside the key's)."""
+        - with `idempotency`, the query the owner's Idempotency-Key answered first within
+          IDEMPOTENCY_HOURS, as it is now (IdempotencyKeyReused when that request was
+          another); otherwise the key is stored with this answer;
+        - with `max_age_seconds`, the owner's SUCCEEDED query with the same cache key whose
+          results are younger than that (CACHED), else one of its QUEUED or RUNNING ones
+          (JOINED). A cached or joined answer passes the same checks as a new query.
+
+        The query runs in the database, workgroup and catalog `options` name, the config's
+        where they name none. ValidationFailed for a callback_url whose host
+        webhooks.allowed_hosts lacks; the policy's refusals (Forbidden for a database or
+        workgroup outside the key's)."""
+        if idempotency is not None:
+            first = await self.store.first_answer(caller.name, idempotency.key)
+            replay = await self._replay(caller, idempotency, first)
+            if replay is not None:
+                return replay
         self._check_callback(options.callback_url)
         database = options.database or self.database
         workgroup = options.workgroup or self.workgroup
-        options = replace(
+        catalog = options.catalog or self.catalog
+        await self.policy.admit(caller, sql, database, workgroup)
+        options = dataclasses.replace(
             options,
             database=database,
             workgroup=workgroup,
-            catalog=options.catalog or self.catalog,
+            catalog=catalog,
+            cache_key=await _cache_key(sql, options.parameters, database, workgroup, catalog),
         )
-        await self.policy.admit(caller, sql, database, workgroup)
-        return await self.machine.create(sql, database, workgroup, caller, options)
+        for _ in range(RACE_RETRIES):
+            try:
+                return await self._answer(sql, caller, options, max_age_seconds, idempotency)
+            except IdempotencyKeyTaken as taken:
+                # Another request with the key came first, now or within its hours.
+                assert idempotency is not None
+                replay = await self._replay(caller, idempotency, taken.first)
+                if replay is not None:
+                    return replay
+                # Taken long ago: expired, and this request's to take.
+                await self.store.forget_expired_key(caller.name, idempotency.key, _expired_at())
+            except KeyVanished:
+                pass  # expired and forgotten under this request: try again
+        raise ServiceUnavailable("the Idempotency-Key kept changing; send the request again")
+
+    async def _answer(
+        self,
+        sql: str,
+        caller: Caller,
+        options: SubmitOptions,
+        max_age_seconds: int | None,
+        idempotency: Idempotency | None,
+    ) -> Submitted:
+        if max_age_seconds is not None and options.cache_key is not None:
+            fresh_since = utcnow() - timedelta(seconds=max_age_seconds)
+            found = await self.store.cached(caller.name, options.cache_key, fresh_since)
+            if found is not None:
+                outcome = Outcome.CACHED if found.state == Q.SUCCEEDED else Outcome.JOINED
+                if idempotency is not None:
+                    first = await self.store.remember(
+                        caller.name, idempotency, found.id, outcome.status
+                    )
+                    if first is not None:
+                        raise IdempotencyKeyTaken(first)
+                return Submitted(found, outcome)
+        record = await self.machine.create(
+            sql,
+            options.database or self.database,
+            options.workgroup or self.workgroup,
+            caller,
+            options,
+            idempotency,
+        )
+        return Submitted(record, Outcome.CREATED)
 
     def _check_callback(self, url: str | None) -> None:
         if url is None:
@@ -102,6 +210,29 @@ class Commands:
             raise ValidationFailed(
                 f"callback_url: the host {host!r} is not in webhooks.allowed_hosts"
             )
+
+    async def _replay(
+        self, caller: Caller, idempotency: Idempotency, first: FirstAnswer | None
+    ) -> Submitted | None:
+        """The key's first answer again, with its query as it is now; None when the key
+        is new or expired."""
+        if first is None or first.expired(utcnow()):
+            return None
+        if first.request_hash != idempotency.request_hash:
+            raise IdempotencyKeyReused(
+                f"the Idempotency-Key was sent with another request in the last"
+                f" {IDEMPOTENCY_HOURS} hours; use a new key for a new request"
+            )
+        record = await self.lookup.get(first.query_id, caller)
+        if first.status_code == Outcome.CACHED.status:
+            outcome = Outcome.CACHED
+        # A new query's key is stored in its transaction, made at its submit time; a
+        # joined query was submitted before the key.
+        elif record.submitted_at == first.created_at:
+            outcome = Outcome.CREATED
+        else:
+            outcome = Outcome.JOINED
+        return Submitted(record, outcome, replayed=True)
 
     async def refresh(self, query_id: str, caller: Caller) -> QueryRecord:
         """Put a finished query of `caller`'s back to QUEUED for a new Athena execution.
@@ -201,3 +332,24 @@ def _raise_if_finished(record: QueryRecord) -> None:
         raise QueryCancelled(record.id)
     if record.state.is_finished:
         raise QueryFinished(record.id, record.state.value)
+
+
+def _expired_at() -> datetime:
+    """Idempotency keys made at or before this have expired."""
+    return utcnow() - timedelta(hours=IDEMPOTENCY_HOURS)
+
+
+async def _cache_key(
+    sql: str, parameters: tuple[str, ...] | None, database: str, workgroup: str, catalog: str
+) -> str:
+    make = functools.partial(
+        cache_key,
+        sql,
+        parameters=parameters,
+        database=database,
+        workgroup=workgroup,
+        catalog=catalog,
+    )
+    if len(sql) <= INLINE_CACHE_KEY_CHARS:
+        return make()
+    return await asyncio.to_thread(make)

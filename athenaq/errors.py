@@ -116,6 +116,13 @@ class ResultsMissing(ApiError):
         )
 
 
+class IdempotencyKeyReused(ApiError):
+    """The Idempotency-Key came with another request within its 24 hours."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
 class Conflict(ApiError):
     """The query changed in a way the request did not expect (a lost race)."""
 

@@ -25,6 +25,7 @@ from athenaq.identity import POLLER, Caller
 from athenaq.states import (
     NO_OPTIONS,
     Event,
+    Idempotency,
     Lease,
     QueryRecord,
     QueryState,
@@ -116,10 +117,13 @@ class Machine:
         workgroup: str,
         caller: Caller,
         options: SubmitOptions = NO_OPTIONS,
+        idempotency: Idempotency | None = None,
     ) -> QueryRecord:
-        """Record a new QUEUED query of `caller`, held by this process, which starts it.
+        """Record a new QUEUED query of `caller`, held by this process, which starts it;
+        with `idempotency`, its Idempotency-Key with it.
 
-        Raises TooManyQueries when the owner has its max_running unfinished queries."""
+        Raises TooManyQueries when the owner has its max_running unfinished queries, and
+        store.idempotent.IdempotencyKeyTaken when the owner's key is taken."""
         try:
             record = await self.store.create(
                 str(uuid.uuid4()),
@@ -132,6 +136,7 @@ class Machine:
                 running_limit=caller.max_running,
                 lease_holder=self.lease.holder,
                 lease_expires_at=self.lease.expires(utcnow()),
+                idempotency=idempotency,
             )
         except RunningLimitReached as exc:
             raise _too_many(exc) from None

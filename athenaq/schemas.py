@@ -46,6 +46,9 @@ MAX_LABEL_VALUE = 256
 # (30 minutes by default, 240 at most on request), with room for a wait for a slot.
 MAX_TIMEOUT_SECONDS = 86_400
 MAX_CALLBACK_URL = 2_048
+# The oldest results `max_age_seconds` may take from athenaq's cache: 7 days, the longest
+# Athena's own result reuse serves (10,080 minutes).
+MAX_AGE_SECONDS = 604_800
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
@@ -130,6 +133,9 @@ class SubmitRequest(Schema):
         validate=validate.Range(1, MAX_TIMEOUT_SECONDS, error="must be {min} to {max}"),
     )
     callback_url = _optional(fields.String, validate=_callback_url)
+    max_age_seconds = _optional(
+        WholeNumber, validate=validate.Range(1, MAX_AGE_SECONDS, error="must be {min} to {max}")
+    )
 
     @validates("query")
     def not_blank(self, value: str, **_: Any) -> None:
@@ -239,6 +245,13 @@ class StateSchema(Schema):
 
 class CancelSchema(StateSchema):
     cancel_requested = fields.Boolean()
+
+
+class SubmittedSchema(StateSchema):
+    """A submit's answer; `cached` or `joined` (true) when it is a query there already."""
+
+    cached = fields.Boolean()
+    joined = fields.Boolean()
 
 
 class StatusSchema(StateSchema):

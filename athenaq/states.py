@@ -184,6 +184,33 @@ class SubmitOptions:
 # A plain submit: the SQL alone.
 NO_OPTIONS = SubmitOptions()
 
+# How long an Idempotency-Key holds: a request with the same key within this long gets the
+# first one's query again.
+IDEMPOTENCY_HOURS = 24
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A submit's Idempotency-Key, and the SHA-256 of its request (the parsed body) that
+    tells a retry of it from another request reusing the key."""
+
+    key: str
+    request_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class FirstAnswer:
+    """What an owner's Idempotency-Key answered first: the query, the status code (200 for
+    a cached answer, 202 otherwise), the request's hash, and when."""
+
+    query_id: str
+    status_code: int
+    request_hash: str
+    created_at: datetime
+
+    def expired(self, now: datetime) -> bool:
+        return self.created_at <= now - timedelta(hours=IDEMPOTENCY_HOURS)
+
 
 # The fields of a lease: a submit, a refresh or the poller's claim sets them, and they
 # move no state (a claim changes no version).

@@ -469,6 +469,7 @@ async def test_the_cache_index_gains_the_time_of_the_results(db_url: str) -> Non
         [cache] = [index for index in indexes if index["name"] == "queries_cache"]
         assert cache["column_names"] == ["owner", "cache_key", "state", "results_at"]
         assert await store.get(record.id) == record
+        assert await store.cached("reports", "c" * 64, datetime(2026, 1, 1)) == record
     finally:
         await store.close()
 

@@ -55,8 +55,10 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
 # What a CORS preflight may ask for, and the answer headers a browser's script may read.
-_CORS_REQUEST_HEADERS = "Authorization, Content-Type"
-_CORS_EXPOSED_HEADERS = "Location, Retry-After, Content-Disposition, ETag, WWW-Authenticate"
+_CORS_REQUEST_HEADERS = "Authorization, Content-Type, Idempotency-Key"
+_CORS_EXPOSED_HEADERS = (
+    "Location, Retry-After, Content-Disposition, ETag, WWW-Authenticate, Idempotent-Replayed"
+)
 _CORS_MAX_AGE = "600"
 
 

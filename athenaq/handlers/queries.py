@@ -9,8 +9,10 @@ from loguru import logger
 from marshmallow import Schema, ValidationError
 from tornado.iostream import StreamClosedError
 
+from athenaq.commands import Outcome
 from athenaq.errors import PayloadTooLarge, ValidationFailed
 from athenaq.handlers.base import BaseHandler
+from athenaq.handlers.idempotency import REPLAYED_HEADER, parse_idempotency_key
 from athenaq.identity import CANCEL, READ, SUBMIT
 from athenaq.logs import ABORTED_STATUS
 from athenaq.schemas import (
@@ -22,6 +24,7 @@ from athenaq.schemas import (
     StateSchema,
     StatusRequest,
     SubmitRequest,
+    SubmittedSchema,
     submit_options,
 )
 from athenaq.watcher import Waiter, Woken
@@ -37,6 +40,7 @@ _STATUS_REQUEST = StatusRequest()
 _STATE = StateSchema()
 _RESULTS = ResultsSchema()
 _CANCEL = CancelSchema()
+_SUBMITTED = SubmittedSchema()
 
 
 def _first_message(messages: Any, path: str = "") -> str:
@@ -79,7 +83,7 @@ def _load_parameters(
 
 
 class SubmitHandler(BaseHandler):
-    """POST /query: 202 + Location; 400, 403, 413, 415, 429."""
+    """POST /query: 202 + Location, 200 cached; 400, 403, 413, 415, 422, 429."""
 
     required_scope = SUBMIT
     body_methods = frozenset({"POST"})
@@ -92,10 +96,24 @@ class SubmitHandler(BaseHandler):
             raise ValidationFailed(_first_message(exc.messages)) from None
         if len(request["query"].encode("utf-8")) > MAX_QUERY_BYTES:
             raise PayloadTooLarge(f"query: over {MAX_QUERY_BYTES} bytes, Athena's limit")
-        record = await self.commands.submit(request["query"], self.caller, submit_options(request))
-        self.launcher.launch_soon(record.id, record)
+        idempotency = parse_idempotency_key(self.request.headers, request)
+        submitted = await self.commands.submit(
+            request["query"],
+            self.caller,
+            submit_options(request),
+            max_age_seconds=request["max_age_seconds"],
+            idempotency=idempotency,
+        )
+        record = submitted.record
+        if submitted.started:
+            self.launcher.launch_soon(record.id, record)
+        if submitted.replayed:
+            self.set_header(REPLAYED_HEADER, "true")
         self.set_header("Location", f"/query/{record.id}/status")
-        self.write_json(_STATE.dump(record), status=202)
+        body: dict[str, Any] = {"id": record.id, "state": record.state.value}
+        if submitted.outcome is not Outcome.CREATED:
+            body[submitted.outcome.value] = True
+        self.write_json(_SUBMITTED.dump(body), status=submitted.outcome.status)
 
 
 class StatusHandler(BaseHandler):

@@ -130,10 +130,20 @@ def revoke_key(conn: Connection, name: str, now: datetime) -> bool:
     return conn.execute(_REVOKE, {"match_name": name, "revoked_at": now}).rowcount == 1
 
 
-async def check_running(conn: DriverConnection, owner: str, limit: int) -> None:
-    """Raise RunningLimitReached when `owner` has `limit` unfinished queries; in a write
-    transaction, which the count holds until it ends."""
+async def lock_owner(conn: DriverConnection, owner: str) -> None:
+    """Lock `owner`'s key until the write transaction ends: the owner's submits take turns,
+    across processes."""
     await conn.execute(_LOCK_KEY, {"name": owner})
+
+
+async def check_running(
+    conn: DriverConnection, owner: str, limit: int, *, locked: bool = False
+) -> None:
+    """Raise RunningLimitReached when `owner` has `limit` unfinished queries; in a write
+    transaction, which the count holds until it ends (`locked`: lock_owner was called in
+    it already)."""
+    if not locked:
+        await lock_owner(conn, owner)
     running = await conn.scalar(_UNFINISHED_OF, {"owner": owner})
     if running >= limit:
         raise RunningLimitReached(running)

@@ -40,6 +40,8 @@ _SQLITE_OUTAGE = frozenset(
 # (asyncio.IncompleteReadError).
 _MYSQL_ERRORS = (asyncmy.errors.OperationalError, asyncmy.errors.InterfaceError)
 _OUTAGE_TYPES = (*_MYSQL_ERRORS, OSError, EOFError)
+# ER_LOCK_DEADLOCK.
+_MYSQL_DEADLOCK = 1213
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -68,6 +70,16 @@ def is_disconnect(exc: BaseException) -> bool:
         code = exc.args[0] if exc.args else None
         return isinstance(code, int) and 2000 <= code < 3000
     return isinstance(exc, OSError | EOFError)
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """Whether the driver's `exc` says MySQL/MariaDB chose its transaction as a deadlock's
+    victim and rolled it back whole: the transaction may simply be run again."""
+    return (
+        isinstance(exc, asyncmy.errors.OperationalError)
+        and bool(exc.args)
+        and exc.args[0] == _MYSQL_DEADLOCK
+    )
 
 
 def _sqlite_code(exc: BaseException) -> int | None:

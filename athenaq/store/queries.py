@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -42,15 +42,18 @@ from athenaq.states import (
     LEASE_FIELDS,
     NO_OPTIONS,
     UNFINISHED,
+    FirstAnswer,
+    Idempotency,
     QueryRecord,
     QueryState,
     SubmitOptions,
     Transition,
 )
-from athenaq.store import admission, keys, schema, watch
+from athenaq.store import admission, cache, idempotent, keys, schema, watch
 from athenaq.store.database import DEFAULT_CALL_TIMEOUT_SECONDS, open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
-from athenaq.store.outage import Deadline
+from athenaq.store.idempotent import IdempotencyKeyTaken
+from athenaq.store.outage import Deadline, is_deadlock
 from athenaq.store.schema import SchemaChange
 from athenaq.store.tables import queries, query_labels, query_transitions
 
@@ -62,6 +65,9 @@ CLAIM_CHUNK = 500
 # A claim reads and writes every unfinished query, thousands of rows, where a request's
 # call reads or writes one: it has this many times as long.
 BATCH_TIMEOUT_FACTOR = 10
+# How often a submit whose transaction MySQL/MariaDB rolled back as a deadlock's victim is
+# run again (requests inserting one idempotency key after a first that rolled back).
+DEADLOCK_RETRIES = 3
 
 _GET = select(queries).where(queries.c.id == bindparam("id"))
 _UNFINISHED = (
@@ -186,6 +192,21 @@ def _stands(record: QueryRecord | None, version: int, admitted: Any) -> bool:
     )
 
 
+async def _deadlock_retried(operation: Callable[[], Awaitable[T]]) -> T:
+    """`operation()`, run again when MySQL/MariaDB rolled it back as a deadlock's victim.
+
+    Requests that insert one idempotency key wait for the first one's transaction; when
+    that one rolls back, InnoDB may pick one waiter as a deadlock's victim (each holds a
+    shared lock on the key and asks for the exclusive one)."""
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_deadlock(exc) or attempt == DEADLOCK_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _check_columns(changes: dict[str, Any]) -> None:
     unknown = set(changes) - MUTABLE_COLUMNS
     if unknown:
@@ -257,6 +278,7 @@ class Store:
         running_limit: int | None = None,
         lease_holder: str | None = None,
         lease_expires_at: datetime | None = None,
+        idempotency: Idempotency | None = None,
     ) -> QueryRecord:
         """Store a new QUEUED query, its labels and the first row of its history,
         atomically; leased to `lease_holder` (the process that takes the submit) when
@@ -264,7 +286,12 @@ class Store:
 
         With `running_limit`, raise keys.RunningLimitReached instead when the owner has
         that many unfinished queries: counted in the same transaction, so processes
-        sharing the database cannot overshoot it together."""
+        sharing the database cannot overshoot it together.
+
+        With `idempotency`, the key is stored in the same transaction as the answer of
+        the query (202), made at its submit time; when the owner's key is taken already
+        (expired or not), nothing is stored and idempotent.IdempotencyKeyTaken says what
+        it answered first."""
         now = utcnow()
         record = QueryRecord(
             id=query_id,
@@ -294,9 +321,37 @@ class Store:
                 else None
             ),
         )
-        async with Deadline(self.timeout), self._driver.transaction() as conn:
+        async with Deadline(self.timeout):
+            first = await _deadlock_retried(
+                lambda: self._insert(record, reason, running_limit, idempotency)
+            )
+        if first is not None:
+            raise IdempotencyKeyTaken(first)
+        return record
+
+    async def _insert(
+        self,
+        record: QueryRecord,
+        reason: str,
+        running_limit: int | None,
+        idempotency: Idempotency | None,
+    ) -> FirstAnswer | None:
+        async with self._driver.transaction() as conn:
+            locked = running_limit is not None and idempotency is not None
+            if locked:
+                # The owner's submits take turns from here: two with one key never insert
+                # it at once, and a retry finds its first answer, never the limit.
+                await keys.lock_owner(conn, record.owner)
+            if idempotency is not None:
+                # Before anything is written: a request whose key is taken changes
+                # nothing, and waits for nothing but the transaction that holds the key.
+                first = await idempotent.claim(
+                    conn, record.owner, idempotency, record.id, 202, record.submitted_at
+                )
+                if first is not None:
+                    return first  # nothing written: the commit has nothing to commit
             if running_limit is not None:
-                await keys.check_running(conn, record.owner, running_limit)
+                await keys.check_running(conn, record.owner, running_limit, locked=locked)
             await conn.execute(
                 _INSERT_QUERY,
                 {
@@ -344,13 +399,56 @@ class Store:
                     "caused_by": record.owner,
                 },
             )
-        return record
+        return None
 
     async def get(self, query_id: str) -> QueryRecord | None:
         """The query as stored now, or None when there is no query `query_id`."""
         async with Deadline(self.timeout), self._driver.connect() as conn:
             row = await conn.first(_GET, {"id": query_id})
         return _record(row) if row else None
+
+    # -- athenaq's cache and idempotency keys --------------------------------------------
+
+    async def cached(self, owner: str, cache_key: str, fresh_since: datetime) -> QueryRecord | None:
+        """`owner`'s SUCCEEDED query with `cache_key` whose results were stored at or after
+        `fresh_since` and are still there (the youngest); else one of its QUEUED or
+        RUNNING queries with the key that no client is cancelling; else None. Reads the
+        index queries_cache, never another owner's, key's or state's rows (cache.py)."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            row = await cache.find(conn, owner, cache_key, fresh_since)
+        return _record(row) if row is not None else None
+
+    async def first_answer(self, owner: str, key: str) -> FirstAnswer | None:
+        """What `owner`'s Idempotency-Key `key` answered first, expired or not; None when
+        it is unknown."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await idempotent.find(conn, owner, key)
+
+    async def remember(
+        self, owner: str, key: Idempotency, query_id: str, status_code: int
+    ) -> FirstAnswer | None:
+        """Store `query_id` (a query that was there already: cached or joined) and
+        `status_code` as the first answer of `owner`'s key. None when stored; what the key
+        answered first when it was taken (expired or not)."""
+
+        async def claim() -> FirstAnswer | None:
+            async with self._driver.connect() as conn:
+                return await idempotent.claim(conn, owner, key, query_id, status_code, utcnow())
+
+        async with Deadline(self.timeout):
+            return await _deadlock_retried(claim)
+
+    async def forget_expired_key(self, owner: str, key: str, expired_at: datetime) -> None:
+        """Delete `owner`'s Idempotency-Key `key` if it was made at or before `expired_at`,
+        so a new request may take it."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            await idempotent.forget_expired(conn, owner, key, expired_at)
+
+    async def purge_idempotency_keys(self, expired_at: datetime, batch: int) -> int:
+        """Delete about `batch` of the oldest idempotency keys made at or before
+        `expired_at`, down their index by time; how many."""
+        async with Deadline(self._batch_timeout), self._driver.connect() as conn:
+            return await idempotent.purge(conn, expired_at, batch)
 
     async def unfinished(self) -> list[QueryRecord]:
         """Every QUEUED or RUNNING query, oldest first: what the poller must drive."""

@@ -143,6 +143,9 @@ send() {
     if [[ -n ${EXERCISE_HEADER:-} ]]; then
         args+=(-H "$EXERCISE_HEADER")
     fi
+    if [[ -n ${IDEMPOTENCY_KEY:-} ]]; then
+        args+=(-H "Idempotency-Key: $IDEMPOTENCY_KEY")
+    fi
     : >"$prefix.headers"
     : >"$prefix.body"
     curl "${args[@]}" "$BASE_URL$path" >"$prefix.status" 2>"$prefix.err" || rc=$?
@@ -647,7 +650,36 @@ if [[ -z ${EXERCISE_PARAM_SQL:-} ]]; then
 fi
 pass "row_count=$(json .row_count)"
 
-# --- 11. With a key: none or a wrong one answers 401, the status names the owner ----
+# --- 11. The cache (max_age_seconds), and a retry with an Idempotency-Key ------------
+# The fast queries SUCCEEDED a moment ago: the same SQL, taking results up to an hour old,
+# is answered from athenaq's cache, and nothing starts.
+request POST /query "$(jq -n --arg q "$FAST_SQL" '{query: $q, max_age_seconds: 3600}')"
+expect_status 200
+expect_jq '{"id", "state": "SUCCEEDED", "cached": true}' \
+    '.cached == true and .state == "SUCCEEDED" and (.id | test($re))' --arg re "$UUID_RE"
+pass "cached id=$(json .id)"
+reject "$(jq -n --arg q "$FAST_SQL" '{query: $q, max_age_seconds: 0}')" application/json \
+    400 validation_error max_age_seconds
+IDEMPOTENCY_KEY="exercise-$(random_uuid)"
+request POST /query "$(query_json "$FAST_SQL")"
+KEYED_ID=$(expect_accepted)
+pass "$(json .state) id=$KEYED_ID"
+request POST /query "$(query_json "$FAST_SQL")"
+expect_status 202
+expect_jq "the first answer's id $KEYED_ID" '.id == $id' --arg id "$KEYED_ID"
+if [[ $(header Idempotent-Replayed) != true ]]; then
+    fail "Idempotent-Replayed: true" "Idempotent-Replayed: $(header Idempotent-Replayed)"
+fi
+pass "the same query again, Idempotent-Replayed"
+request POST /query "$(query_json "$FAIL_SQL")"
+expect_code 422 idempotency_key_reused
+pass idempotency_key_reused
+IDEMPOTENCY_KEY=$(head -c 256 /dev/zero | tr '\0' k)
+reject "$(query_json "$FAST_SQL")" application/json 400 validation_error Idempotency-Key
+IDEMPOTENCY_KEY=""
+wait_state "$KEYED_ID" SUCCEEDED QUEUED RUNNING
+
+# --- 12. With a key: none or a wrong one answers 401, the status names the owner ----
 if [[ -n ${ATHENAQ_KEY:-} ]]; then
     request GET "/query/$FAST_ID/status"
     expect_status 200

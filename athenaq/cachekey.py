@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from sqlglot import TokenType
@@ -98,10 +100,11 @@ def cache_key(
     workgroup: str,
     catalog: str,
 ) -> str:
-    """The SHA-256, in hex, of what makes two submits the same query for the cache."""
+    """The SHA-256, in hex, of what makes two submits the same query for the cache: of the
+    normalised SQL's SHA-256 with the parameters, database, workgroup and catalog."""
     document = {
         "version": CACHE_KEY_VERSION,
-        "sql": normalised_sql(sql),
+        "sql": _normalised_digest(sql),
         "parameters": None if parameters is None else list(parameters),
         "database": database,
         "workgroup": workgroup,
@@ -109,3 +112,30 @@ def cache_key(
     }
     encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(encoded.encode("ascii")).hexdigest()
+
+
+def _normalised_digest(sql: str) -> str:
+    """The SHA-256 of `sql` normalised, remembered for the MEMO_SIZE texts seen last.
+    Tokenizing is pure Python, some microseconds a token (a millisecond or more for a
+    report's SQL of a few KB); a text submitted again and again, as a dashboard's is,
+    costs a hash of its bytes instead."""
+    exact = hashlib.sha256(sql.encode("utf-8", "surrogatepass")).digest()
+    with _MEMO_LOCK:
+        known = _MEMO.get(exact)
+        if known is not None:
+            _MEMO.move_to_end(exact)
+            return known
+    normalised = json.dumps(normalised_sql(sql), separators=(",", ":"), ensure_ascii=True)
+    digest = hashlib.sha256(normalised.encode("ascii")).hexdigest()
+    with _MEMO_LOCK:
+        _MEMO[exact] = digest
+        while len(_MEMO) > MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    return digest
+
+
+# Texts' digests by the digest of their exact text, least recently used first; keys are
+# made on the event loop and on worker threads (long texts), hence the lock.
+MEMO_SIZE = 4096
+_MEMO: OrderedDict[bytes, str] = OrderedDict()
+_MEMO_LOCK = threading.Lock()

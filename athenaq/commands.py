@@ -48,8 +48,9 @@ from athenaq.store.idempotent import IdempotencyKeyTaken, KeyVanished
 
 Q = QueryState
 # A SQL text longer than this has its cache key made on a worker thread: tokenizing takes
-# about a millisecond of the event loop's time at this size (a second at Athena's limit).
-INLINE_CACHE_KEY_CHARS = 2_000
+# about a millisecond at this size (a second at Athena's limit), unless the text was seen
+# lately (cachekey.MEMO_SIZE).
+INLINE_CACHE_KEY_CHARS = 1_000
 
 
 class Outcome(StrEnum):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from athenaq import cachekey
 from athenaq.cachekey import cache_key, normalised_sql
 
 
@@ -139,3 +140,11 @@ def test_the_largest_text_athena_takes_is_keyed() -> None:
     assert key(sql) == key(sql + "  -- end")
     unterminated = sql[:-1]  # the last string's closing quote cut: the exact text is the key
     assert key(unterminated) != key(unterminated + " ")
+
+
+def test_the_digests_remembered_are_bounded() -> None:
+    for n in range(cachekey.MEMO_SIZE + 10):
+        key(f"SELECT {n}")
+    assert len(cachekey._MEMO) == cachekey.MEMO_SIZE
+    # Remembered or not, a text has one key.
+    assert key("SELECT 0") == key("SELECT  0") != key("SELECT 1")

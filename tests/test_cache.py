@@ -124,7 +124,7 @@ async def test_a_query_under_way_is_joined_and_serves_the_cache_once_it_succeede
     assert starts(double) == 1
     double.release(status["athena_query_execution_id"])
     await client.wait_state(query_id, "SUCCEEDED")
-    cached = await submit(client, HELD, 1)
+    cached = await submit(client, HELD, 60)
     assert (cached.code, body(cached)) == (
         200,
         {"id": query_id, "state": "SUCCEEDED", "cached": True},

@@ -168,6 +168,49 @@ async def test_a_different_literal_is_a_different_query(
     assert await query_count(store) == 4
 
 
+PARAMETERIZED = (
+    "SELECT ? AS answer\n-- double: "
+    '{"columns": [["answer", "varchar"]], "rows": [[{"parameter": 1}]]}'
+)
+
+
+async def test_parameters_database_workgroup_and_catalog_are_part_of_the_query(
+    client: Client, store: Store, double: AthenaDouble
+) -> None:
+    response = await client.request(
+        "POST", "/query", {"query": PARAMETERIZED, "parameters": ["'a'"]}
+    )
+    first = body(response)["id"]
+    await client.wait_state(first, "SUCCEEDED")
+    again = {"query": "select ? as answer -- again", "max_age_seconds": 60}
+
+    for same in (
+        {"parameters": ["'a'"]},
+        # The config's context, named: the same context.
+        {
+            "parameters": ["'a'"],
+            "database": "default",
+            "workgroup": "primary",
+            "catalog": "AwsDataCatalog",
+        },
+    ):
+        response = await client.request("POST", "/query", {**again, **same})
+        assert (response.code, body(response)["id"]) == (200, first), same
+    for other in (
+        {"parameters": ["'b'"]},
+        {"parameters": ["'a' "]},
+        {"parameters": ["'a'", "'a'"]},
+        {},
+        {"parameters": ["'a'"], "database": "sales"},
+        {"parameters": ["'a'"], "workgroup": "reports"},
+        {"parameters": ["'a'"], "catalog": "lakehouse"},
+    ):
+        response = await client.request("POST", "/query", {**again, **other})
+        assert response.code == 202, (other, response.body)
+        assert set(body(response)) == {"id", "state"}, other
+    assert await query_count(store) == 8
+
+
 async def test_every_submit_stores_its_cache_key(client: Client, store: Store) -> None:
     plain = await client.submit(DONE)
     again = await client.submit(DONE_AGAIN)  # without max_age_seconds: a query of its own

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -146,18 +145,16 @@ def test_fuzz_raises_only_unreadable() -> None:
         assert kinds and set(kinds) <= KNOWN_KINDS, text
 
 
-def test_largest_query_is_checked_quickly() -> None:
-    # The densest text Athena accepts: one token a byte, all of it past the bound.
+def test_the_largest_queries_are_refused_or_parsed_within_the_bound() -> None:
+    # The densest text Athena accepts: one token a byte, all of it past the bound, is
+    # refused before it is parsed (how long a parse at the bound takes is a benchmark's
+    # figure, not a test's: a shared machine's load decides the time).
     dense = ("SELECT " + "1," * MAX_QUERY_BYTES)[: MAX_QUERY_BYTES - 1] + "1"
-    started = time.perf_counter()
     with pytest.raises(UnreadableStatement, match="too many to check"):
         statement_kinds(dense)
-    assert time.perf_counter() - started < 0.5
     # The most a text may hold and still be parsed: the bound, in one dense expression.
     largest = "SELECT " + "+".join(["1"] * ((MAX_WORDS - 1) // 2))
-    started = time.perf_counter()
     assert statement_kinds(largest) == ["SELECT"]
-    assert time.perf_counter() - started < 1.5
 
 
 def test_any_kind_passes_anything_unchecked() -> None:

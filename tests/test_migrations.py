@@ -38,6 +38,7 @@ from athenaq.config import Config
 from athenaq.states import QueryState, SubmitOptions
 from athenaq.store import SchemaError, Store
 from athenaq.store.database import open_engine, sqlite_path
+from athenaq.store.deliveries import Callback
 from athenaq.store.schema import MIGRATIONS, head
 from athenaq.store.tables import metadata, queries
 from tests.conftest import Client, _admin_params, make_config
@@ -191,8 +192,10 @@ async def test_a_release_database_is_upgraded_by_athenaq_migrate_and_served_unch
         " labels, idempotency keys, listing, cache, retention.",
         "athenaq migrate: applied revision 0006: The cache index ends with the time of the"
         " results: a lookup reads only young ones.",
+        "athenaq migrate: applied revision 0007: Webhook deliveries: one per finished run of"
+        " a query with a callback URL.",
     ]
-    assert head() == "0006"
+    assert head() == "0007"
     assert await schema_differences(db_url) == []
     client = Client((await start_service(config)).url)
     answers = release("answers.json")
@@ -455,9 +458,9 @@ async def test_the_cache_index_gains_the_time_of_the_results(db_url: str) -> Non
             options=SubmitOptions(cache_key="c" * 64),
         )
         change = await store.create_schema()
-        assert change.steps == (
+        assert change.steps[0] == (
             "applied revision 0006: The cache index ends with the time of the results: a"
-            " lookup reads only young ones.",
+            " lookup reads only young ones."
         )
         assert await schema_differences(db_url) == []
         engine = await open_engine(db_url, 1)
@@ -470,6 +473,73 @@ async def test_the_cache_index_gains_the_time_of_the_results(db_url: str) -> Non
         assert cache["column_names"] == ["owner", "cache_key", "state", "results_at"]
         assert await store.get(record.id) == record
         assert await store.cached("reports", "c" * 64, datetime(2026, 1, 1)) == record
+    finally:
+        await store.close()
+
+
+async def test_queries_of_the_release_before_webhooks_keep_their_rows_and_deliver_from_then_on(
+    db_url: str,
+) -> None:
+    await upgrade_to(db_url, "0006")
+    submitted = datetime(2026, 12, 6, 10, 0, 0, 111111)
+    url = "https://hooks.example.com/athenaq"
+    engine = await open_engine(db_url, 1)
+    try:
+        async with engine.begin() as conn:
+            # The columns of revision 0006: a finished query with a callback_url (never
+            # delivered: no release sent webhooks) and an unfinished one.
+            for n, state in enumerate(("SUCCEEDED", "RUNNING")):
+                await conn.execute(
+                    insert(queries),
+                    {
+                        "id": f"00000000-0000-4000-8000-00000000000{n + 7}",
+                        "query_text": f"SELECT {n}",
+                        "database_name": "default",
+                        "workgroup": "primary",
+                        "state": state,
+                        "athena_execution_id": f"e-{n}",
+                        "submitted_at": submitted,
+                        "version": 2,
+                        "updated_at": submitted,
+                        "owner": "reports",
+                        "admitted_at": submitted,
+                        "callback_url": url,
+                    },
+                )
+    finally:
+        await engine.dispose()
+    store = await Store.connect(db_url, maxsize=2)
+    try:
+        change = await store.create_schema()
+        assert change.steps == (
+            "applied revision 0007: Webhook deliveries: one per finished run of a query with"
+            " a callback URL.",
+        )
+        assert await schema_differences(db_url) == []
+        finished = await store.get("00000000-0000-4000-8000-000000000007")
+        running = await store.get("00000000-0000-4000-8000-000000000008")
+        assert finished is not None and running is not None
+        assert (finished.state, finished.version, finished.callback_url) == (
+            QueryState.SUCCEEDED,
+            2,
+            url,
+        )
+        # Nothing to deliver for what finished before the upgrade.
+        assert await store.delivery(finished.id, 1) is None
+        assert await store.take_deliveries("me", 30, 10) == []
+        # A run that finishes after it gets its delivery with the move.
+        callback = Callback(running.id, 1, QueryState.FAILED, url, '{"state": "FAILED"}')
+        assert await store.transition(
+            running, QueryState.FAILED, "failed", {}, by="poller", callback=callback
+        )
+        [taken] = await store.take_deliveries("me", 30, 10)
+        assert (taken.query_id, taken.run, taken.state, taken.url, taken.body) == (
+            running.id,
+            1,
+            QueryState.FAILED,
+            url,
+            '{"state": "FAILED"}',
+        )
     finally:
         await store.close()
 

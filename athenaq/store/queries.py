@@ -49,7 +49,7 @@ from athenaq.states import (
     SubmitOptions,
     Transition,
 )
-from athenaq.store import admission, cache, idempotent, keys, schema, watch
+from athenaq.store import admission, cache, deliveries, idempotent, keys, schema, watch
 from athenaq.store.database import DEFAULT_CALL_TIMEOUT_SECONDS, open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
 from athenaq.store.idempotent import IdempotencyKeyTaken
@@ -553,10 +553,12 @@ class Store:
         *,
         by: str,
         running_limit: int | None = None,
+        callback: deliveries.Callback | None = None,
     ) -> bool:
         """Compare-and-set `current` to `to_state`, appending to the history (`by`: who
         caused it) in the same transaction. False when another writer changed the row
-        since `current` was read.
+        since `current` was read. A `callback` (the webhook delivery of a finished run)
+        is written in the same transaction too.
 
         A finished run's scanned bytes count to its owner's day in the same transaction.
         With `running_limit`, raise keys.RunningLimitReached when the owner has that many
@@ -582,6 +584,8 @@ class Store:
                     "caused_by": by,
                 },
             )
+            if callback is not None:
+                await deliveries.enqueue(conn, [callback], now)
         return True
 
     async def update(self, current: QueryRecord, changes: dict[str, Any]) -> bool:
@@ -629,6 +633,47 @@ class Store:
         async with Deadline(self.timeout), self._driver.connect() as conn:
             found = await watch.rows(conn, ids)
         return {row["id"]: _record(row) for row in found}
+
+    # -- webhook deliveries -----------------------------------------------------------
+
+    async def delivery(self, query_id: str, run: int) -> deliveries.Delivery | None:
+        """The webhook delivery of the query's run; None when it has none (yet)."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await deliveries.find(conn, query_id, run)
+
+    async def take_deliveries(
+        self, holder: str, lease_seconds: float, limit: int
+    ) -> list[deliveries.Delivery]:
+        """Take up to `limit` due webhook deliveries, soonest first, for `holder` (a
+        process's dispatcher) for `lease_seconds`: no other process sends them meanwhile,
+        and they are due again after it unless the taker records what became of them.
+        Each has the attempt it begins counted."""
+        now = utcnow()
+        until = now + timedelta(seconds=lease_seconds)
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await deliveries.take(conn, holder, now, until, limit)
+
+    async def delivered(self, delivery: deliveries.Delivery) -> bool:
+        """Record that `delivery` (as taken) was delivered now; False when it was already."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await deliveries.delivered(conn, delivery, utcnow())
+
+    async def delivery_failed(
+        self, delivery: deliveries.Delivery, error: str, retry_at: datetime | None
+    ) -> bool:
+        """Record the failure of the attempt `delivery` (as taken) began: due again at
+        `retry_at`, or given up now when None. False when a later attempt holds the
+        delivery, or it was delivered meanwhile."""
+        gave_up_at = utcnow() if retry_at is None else None
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await deliveries.failed(conn, delivery, error, retry_at, gave_up_at)
+
+    async def put_back_deliveries(self, taken: Sequence[deliveries.Delivery]) -> int:
+        """Make the deliveries of attempts cut short (by a shutdown) due at once for any
+        process; how many were."""
+        now = utcnow()
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return sum([await deliveries.put_back(conn, delivery, now) for delivery in taken])
 
     # -- admission control ------------------------------------------------------------
 

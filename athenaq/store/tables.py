@@ -244,3 +244,33 @@ idempotency_keys = Table(
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )
+
+# A webhook delivery: one per finished run of a query with a callback_url (the primary key
+# is the query and its run, as a run finishes once), written in the transaction of the
+# move to the finished state. `body` is the status object as it was then, the same bytes
+# at every attempt. `due_at` is when it is sent next: a process sending it sets it to the
+# end of its lease (so a process that dies mid-delivery leaves it due again), and a
+# delivered or given-up one has none.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("query_id", sqlite_text(CHAR(36)), primary_key=True),
+    Column("run", Integer(), primary_key=True),
+    Column("state", sqlite_text(String(16)), nullable=False),
+    Column("url", Text(), nullable=False),
+    Column("body", sqlite_text(mysql.MEDIUMTEXT()), nullable=False),
+    # The move's time: webhooks.retry_hours counts from it.
+    Column("created_at", Timestamp(), nullable=False),
+    Column("due_at", Timestamp()),
+    # Attempts begun (counted as each begins, so a process killed mid-attempt counts too).
+    Column("attempts", Integer(), nullable=False, server_default=text("0")),
+    # The process of the latest attempt.
+    Column("sender", sqlite_text(String(128))),
+    Column("delivered_at", Timestamp()),
+    Column("last_error", Text()),
+    Column("given_up_at", Timestamp()),
+    # The deliveries due, soonest first (the dispatchers' claim); done ones have no due_at.
+    Index("webhook_deliveries_due", "due_at"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)

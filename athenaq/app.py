@@ -36,11 +36,12 @@ from athenaq.poller import Poller
 from athenaq.purger import KeyPurger
 from athenaq.ratelimit import RateLimiter
 from athenaq.results import ResultFiles
-from athenaq.states import Lease
+from athenaq.states import Lease, QueryRecord
 from athenaq.store import Store
 from athenaq.storing import ResultsStorer
 from athenaq.tasks import TaskRegistry
 from athenaq.watcher import Watcher
+from athenaq.webhooks import Dispatcher
 
 # Where the embedded local engine keeps the result objects Athena would put in S3.
 LOCAL_ENGINE_DIR = "_local_engine"
@@ -102,6 +103,7 @@ class Service:
         self._ctx: Context | None = None
         self._store: Store | None = None
         self._watcher: Watcher | None = None
+        self._dispatcher: Dispatcher | None = None
         # This process's name in the queries it polls: unique across hosts and restarts.
         self.lease = Lease(
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}",
@@ -134,7 +136,19 @@ class Service:
             await asyncio.to_thread(results.prepare)
             lookup = Lookup(store, results)
             watcher = Watcher(store)
-            machine = Machine(store, lease=self.lease, moved=watcher.moved)
+            dispatcher = Dispatcher(
+                store,
+                config.webhooks,
+                self.tasks,
+                holder=self.lease.holder,
+                interval_seconds=config.poller.interval_seconds,
+            )
+
+            def moved(record: QueryRecord) -> None:
+                watcher.moved(record)
+                dispatcher.moved(record)
+
+            machine = Machine(store, lease=self.lease, moved=moved)
             storer = ResultsStorer(
                 machine,
                 store,
@@ -201,6 +215,8 @@ class Service:
             watcher.start()
             self.purger = KeyPurger(store)
             self.purger.start()
+            self._dispatcher = dispatcher
+            dispatcher.start()
         except BaseException:
             await self._stack.aclose()
             raise
@@ -237,8 +253,8 @@ class Service:
 
     async def stop(self) -> None:
         """Stop accepting and polling, hand the queries held over at once, let downloads
-        in flight (the poller's and clients') finish for up to `server.drain_seconds`, then
-        cut the rest; close the store and clients."""
+        in flight (the poller's and clients') and webhook deliveries finish for up to
+        `server.drain_seconds`, then cut the rest; close the store and clients."""
         if self.poller is None:
             return
         started = time.monotonic()
@@ -254,6 +270,11 @@ class Service:
         await self.poller.stop(drain)
         self.poller = None
         await requests
+        if self._dispatcher is not None:
+            # After the poller: the results it stored while draining have their deliveries
+            # sent, within what is left of the drain, or left due for the next process.
+            await self._dispatcher.stop(max(0.0, drain - (time.monotonic() - started)))
+            self._dispatcher = None
         # Starts that requests in flight asked for.
         await self.tasks.wait()
         if self._store is not None:

@@ -154,6 +154,13 @@ class WebhooksConfig:
     secret: str | None = field(default=None, repr=False)
     # How long a delivery is tried again, from the state it reports.
     retry_hours: float = 24.0
+    # The longest one attempt may take, from connecting to the answer's status line.
+    timeout_seconds: float = 10.0
+    # The wait after a delivery's first failed attempt; each later failure doubles it, up
+    # to an hour (webhooks.MAX_RETRY_SECONDS), with jitter.
+    first_retry_seconds: float = 10.0
+    # Deliveries a process sends at once.
+    max_concurrent: int = 10
 
 
 @dataclass(frozen=True)
@@ -484,6 +491,18 @@ class WebhooksSchema(_Section):
     secret = Secret(load_default=None, allow_none=True)
     retry_hours = _Hours(
         load_default=WebhooksConfig.retry_hours, validate=validate.Range(min=0, max=30 * 24)
+    )
+    timeout_seconds = _Seconds(
+        load_default=WebhooksConfig.timeout_seconds, validate=validate.Range(min=0.1, max=600)
+    )
+    first_retry_seconds = _Seconds(
+        load_default=WebhooksConfig.first_retry_seconds,
+        validate=validate.Range(min=0.01, max=86400),
+    )
+    max_concurrent = fields.Integer(
+        strict=True,
+        load_default=WebhooksConfig.max_concurrent,
+        validate=validate.Range(min=1, max=1000),
     )
 
     @validates_schema

@@ -4,6 +4,7 @@ nothing; the machine is the only writer."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 
 from athenaq.admission import WAITING_REASON
 from athenaq.errors import QueryCancelled, QueryFailed, QueryNotFound, QueryRunning, ResultsMissing
@@ -15,6 +16,17 @@ from athenaq.store import Store
 # A refresh can land between reading a query's state and opening its result files; the
 # read then starts over this many times before it answers 410.
 READ_ATTEMPTS = 3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallbackProgress:
+    """Where a run's webhook delivery stands: its URL, when it was delivered, the attempts
+    begun and the latest one's error (`gave up...` once given up)."""
+
+    url: str
+    delivered_at: datetime | None
+    attempts: int
+    last_error: str | None
 
 
 class Lookup:
@@ -48,6 +60,19 @@ class Lookup:
             ahead = await self.store.places_ahead(record)
             record = dataclasses.replace(record, state_reason=WAITING_REASON.format(ahead=ahead))
         return record
+
+    async def callback(self, record: QueryRecord) -> CallbackProgress | None:
+        """The webhook delivery of the query's current run as `record` has it (what its
+        status shows as `callback`); None without a callback_url. A run not finished yet
+        has had no attempt."""
+        if record.callback_url is None:
+            return None
+        delivery = await self.store.delivery(record.id, record.run)
+        if delivery is None:
+            return CallbackProgress(record.callback_url, None, 0, None)
+        return CallbackProgress(
+            delivery.url, delivery.delivered_at, delivery.attempts, delivery.last_error
+        )
 
     async def open_results(self, query_id: str, caller: Caller) -> tuple[QueryRecord, ResultReader]:
         """A SUCCEEDED query's stored results, opened (the caller closes the reader);

@@ -10,6 +10,7 @@ lock saves work, the SQL guard keeps several processes correct.
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from athenaq.errors import (
     TooManyQueries,
 )
 from athenaq.identity import POLLER, Caller
+from athenaq.schemas import STATUS
 from athenaq.states import (
     NO_OPTIONS,
     Event,
@@ -33,6 +35,7 @@ from athenaq.states import (
     next_state,
 )
 from athenaq.store import Store
+from athenaq.store.deliveries import Callback
 from athenaq.store.keys import RunningLimitReached
 from athenaq.tasks import KeyedLock
 
@@ -52,10 +55,14 @@ class Machine:
         *,
         lease: Lease,
         moved: Callable[[QueryRecord], None] | None = None,
+        status: Callable[[QueryRecord], Mapping[str, Any]] = STATUS.dump,
     ) -> None:
         """`moved` is called with the record of every move this machine writes (the
-        long-poll watcher wakes its waiters with it); it must not raise."""
+        long-poll watcher wakes its waiters with it); it must not raise. `status` makes
+        a query's status object, as `GET /query/<id>/status` shows it: the body of the
+        webhook delivery a finished run of a query with a callback_url gets."""
         self.store = store
+        self.status = status
         # This process's: a query it submits or refreshes is its own to start and poll.
         self.lease = lease
         self.moved = moved
@@ -86,7 +93,13 @@ class Machine:
         fields = {"query_id": current.id, "event": event.value, "by": by}
         try:
             moved = await self.store.transition(
-                current, target, reason, columns, by=by, running_limit=running_limit
+                current,
+                target,
+                reason,
+                columns,
+                by=by,
+                running_limit=running_limit,
+                callback=self.callback(current, target, columns),
             )
         except RunningLimitReached as exc:
             raise _too_many(exc) from None
@@ -107,6 +120,18 @@ class Machine:
         if self.moved is not None:
             self.moved(record)
         return record
+
+    def callback(
+        self, current: QueryRecord, target: QueryState, columns: Mapping[str, Any]
+    ) -> Callback | None:
+        """The webhook delivery that the move of `current` to `target`, setting `columns`,
+        makes, written with the move: the status object the query then has, for its
+        callback_url. None unless the move finishes a run of a query with a callback_url."""
+        if current.callback_url is None or not target.is_finished:
+            return None
+        after = dataclasses.replace(current, state=target, version=current.version + 1, **columns)
+        body = json.dumps(self.status(after), ensure_ascii=False)
+        return Callback(current.id, after.run, target, current.callback_url, body)
 
     # -- a new query ------------------------------------------------------------------
 

@@ -282,6 +282,18 @@ class StatusSchema(StateSchema):
 STATUS = DumpPlan(StatusSchema())
 
 
+class CallbackSchema(Schema):
+    """The webhook delivery of a query's current run, as its status shows it (`callback`)."""
+
+    url = fields.String()
+    delivered_at = Timestamp()
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True)
+
+
+CALLBACK = DumpPlan(CallbackSchema())
+
+
 class ColumnSchema(Schema):
     name = fields.String()
     type = fields.String()

@@ -113,6 +113,9 @@ def test_a_v1_file_gets_the_athena_and_webhooks_defaults() -> None:
     assert (config.athena.catalog, config.athena.price_per_tb_usd) == ("AwsDataCatalog", 5.0)
     assert config.webhooks == WebhooksConfig(allowed_hosts=(), secret=None)
     assert config.webhooks.retry_hours == 24.0
+    webhooks = config.webhooks
+    assert (webhooks.timeout_seconds, webhooks.first_retry_seconds) == (10.0, 10.0)
+    assert webhooks.max_concurrent == 10
 
 
 def test_the_webhooks_and_athena_keys_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,12 +124,17 @@ def test_the_webhooks_and_athena_keys_are_read(monkeypatch: pytest.MonkeyPatch) 
         "allowed_hosts": ["Hooks.Example.COM", "10.0.0.7", "::1", "localhost"],
         "secret": {"env": "ATHENAQ_TEST_WEBHOOK_SECRET"},
         "retry_hours": 0.5,
+        "timeout_seconds": 2.5,
+        "first_retry_seconds": 0.25,
+        "max_concurrent": 3,
     }
     athena = {**V1_CONFIG["athena"], "catalog": "lakehouse", "price_per_tb_usd": 6.25}
     config = parse_config({**V1_CONFIG, "webhooks": webhooks, "athena": athena})
     assert config.webhooks.allowed_hosts == ("hooks.example.com", "10.0.0.7", "::1", "localhost")
     assert config.webhooks.secret == "from the environment, long enough"
     assert config.webhooks.retry_hours == 0.5
+    assert (config.webhooks.timeout_seconds, config.webhooks.first_retry_seconds) == (2.5, 0.25)
+    assert config.webhooks.max_concurrent == 3
     assert "from the environment" not in repr(config)
     assert (config.athena.catalog, config.athena.price_per_tb_usd) == ("lakehouse", 6.25)
     written = {**webhooks, "secret": "written in the file itself"}
@@ -169,6 +177,11 @@ def test_the_webhooks_and_athena_keys_are_read(monkeypatch: pytest.MonkeyPatch) 
         ("webhooks.retry_hours", -1, "webhooks.retry_hours: Must be greater"),
         ("webhooks.retry_hours", 721, "webhooks.retry_hours: Must be greater"),
         ("webhooks.retry_hours", "24", "webhooks.retry_hours: must be a number of hours"),
+        ("webhooks.timeout_seconds", 0, "webhooks.timeout_seconds: Must be greater"),
+        ("webhooks.timeout_seconds", "10", "webhooks.timeout_seconds: must be a number of"),
+        ("webhooks.first_retry_seconds", 0, "webhooks.first_retry_seconds: Must be greater"),
+        ("webhooks.max_concurrent", 0, "webhooks.max_concurrent: Must be greater"),
+        ("webhooks.max_concurrent", 2.0, "webhooks.max_concurrent: Not a valid integer."),
         ("webhooks.url", "https://a.example", "webhooks.url: Unknown field."),
     ],
 )

@@ -118,6 +118,7 @@ BEFORE_OPTIONS = {
     "reused_previous_result": None,
     "timeout_seconds": None,
     "callback_url": None,
+    "callback": None,
 }
 
 

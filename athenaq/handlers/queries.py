@@ -16,6 +16,7 @@ from athenaq.handlers.idempotency import REPLAYED_HEADER, parse_idempotency_key
 from athenaq.identity import CANCEL, READ, SUBMIT
 from athenaq.logs import ABORTED_STATUS
 from athenaq.schemas import (
+    CALLBACK,
     MAX_QUERY_BYTES,
     STATUS,
     CancelSchema,
@@ -140,7 +141,10 @@ class StatusHandler(BaseHandler):
                 record = await self.lookup.status(query_id, self.caller)
             else:
                 record = await self.lookup.described(latest)
-        self.write_json(STATUS.dump(record))
+        callback = await self.lookup.callback(record)
+        status = STATUS.dump(record)
+        status["callback"] = None if callback is None else CALLBACK.dump(callback)
+        self.write_json(status)
 
     def on_connection_close(self) -> None:
         if self.waiter is not None:

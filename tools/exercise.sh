@@ -77,7 +77,7 @@ PARAM_SQL=${EXERCISE_PARAM_SQL:-$DEFAULT_PARAM_SQL}
 UUID_RE='^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 TIMESTAMP_RE='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?Z$'
 STATUS_FIELDS=(id state state_reason query database workgroup catalog parameters labels
-    result_reuse_minutes reused_previous_result timeout_seconds callback_url
+    result_reuse_minutes reused_previous_result timeout_seconds callback_url callback
     athena_query_execution_id submitted_at completed_at results_at statistics owner)
 STATISTICS_FIELDS=(data_scanned_bytes engine_execution_ms queue_ms total_execution_ms)
 RESULTS_FIELDS=(id state results_at columns rows row_count)
@@ -299,6 +299,10 @@ expect_status_object() {
         '[.submitted_at, .completed_at, .results_at] | map(. == null or (type == "string" and test($re))) | all' \
         --arg re "$TIMESTAMP_RE"
     expect_jq '"submitted_at" set' '.submitted_at != null'
+    expect_jq '"callback" null without a callback_url, else {"url", "delivered_at", "attempts", "last_error"}' \
+        'if .callback_url == null then .callback == null
+         else (.callback | type == "object" and has("url") and has("delivered_at")
+               and (.attempts | type == "number") and has("last_error")) end'
     expect_jq 'statistics as numbers (or null)' \
         '.statistics | [.data_scanned_bytes, .engine_execution_ms, .queue_ms, .total_execution_ms]
          | map(. == null or type == "number") | all'

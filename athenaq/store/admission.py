@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import deque
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
@@ -138,13 +137,18 @@ async def admit(conn: DriverConnection, cap: int, now: datetime) -> list[tuple[s
 
 async def ahead(conn: DriverConnection, record: QueryRecord) -> int:
     """How many waiting queries come before `record` (a waiting one) in the fair order."""
+    return (await ahead_each(conn, [record]))[record.id]
+
+
+async def ahead_each(conn: DriverConnection, records: list[QueryRecord]) -> dict[str, int]:
+    """`ahead` of each of `records` (waiting ones), by id, from one read of the backlogs."""
     backlogs = await _backlogs(conn)
-    params: dict[str, Any] = {
-        "owner": record.owner,
-        "submitted_at": record.submitted_at,
-        "id": record.id,
-    }
-    rank = int(await conn.scalar(_WAITING_BEFORE, params))
-    if record.owner not in backlogs or backlogs[record.owner].waiting == 0:
-        return rank  # admitted since it was read: nobody is ahead of it
-    return places_ahead(backlogs, record.owner, rank)
+    places = {}
+    for record in records:
+        params = {"owner": record.owner, "submitted_at": record.submitted_at, "id": record.id}
+        rank = int(await conn.scalar(_WAITING_BEFORE, params))
+        backlog = backlogs.get(record.owner)
+        # Admitted since it was read: nobody is ahead of it.
+        admitted = backlog is None or backlog.waiting == 0
+        places[record.id] = rank if admitted else places_ahead(backlogs, record.owner, rank)
+    return places

@@ -49,10 +49,11 @@ from athenaq.states import (
     SubmitOptions,
     Transition,
 )
-from athenaq.store import admission, cache, deliveries, idempotent, keys, schema, watch
+from athenaq.store import admission, cache, deliveries, idempotent, keys, listing, schema, watch
 from athenaq.store.database import DEFAULT_CALL_TIMEOUT_SECONDS, open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
 from athenaq.store.idempotent import IdempotencyKeyTaken
+from athenaq.store.listing import GroupBy, Position, QueryFilter, UsageRow
 from athenaq.store.outage import Deadline, is_deadlock
 from athenaq.store.schema import SchemaChange
 from athenaq.store.tables import queries, query_labels, query_transitions
@@ -690,6 +691,54 @@ class Store:
         of admission: counted when asked, as no admission writes the waiting queries."""
         async with Deadline(self.timeout), self._driver.connect() as conn:
             return await admission.ahead(conn, record)
+
+    async def places_ahead_each(self, records: list[QueryRecord]) -> dict[str, int]:
+        """`places_ahead` of each of `records` (waiting ones), by id, counted together."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await admission.ahead_each(conn, records)
+
+    # -- listing, usage and retention (listing.py) --------------------------------------
+
+    async def list_queries(
+        self, where: QueryFilter, after: Position | None, limit: int
+    ) -> list[QueryRecord]:
+        """At most `limit` queries under `where`, newest first (by submitted_at, then id),
+        after `after` when given: a keyset page, so queries submitted while a client
+        pages make no page repeat or skip one."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            rows = await listing.page(conn, where, after, limit)
+        return [_record(row) for row in rows]
+
+    async def usage(
+        self,
+        group_by: GroupBy,
+        *,
+        owner: str | None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRow]:
+        """The queries of `owner` (None: everyone's) submitted in [since, until), counted
+        and summed by `group_by`, in the order of its key."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await listing.usage(conn, group_by, owner, since, until)
+
+    async def results_to_expire(self, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
+        """(id, execution id) of at most `limit` runs whose results were stored before
+        `cutoff` and not removed yet, oldest first."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await listing.to_expire(conn, cutoff, limit)
+
+    async def expire_results(self, query_id: str, execution_id: str) -> bool:
+        """Mark the results of the query's run `execution_id` removed, before their files
+        are: False when the query is no longer that SUCCEEDED run (refreshed meanwhile),
+        or when another process marked it first. Moves no version."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await listing.expire(conn, query_id, execution_id, utcnow())
+
+    async def results_expired_since(self, since: datetime) -> list[tuple[str, str]]:
+        """(id, execution id) of the runs whose results were marked removed since `since`."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return list(await listing.expired_since(conn, since))
 
     # -- API keys and usage -------------------------------------------------------------
 

@@ -22,8 +22,19 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from athenaq.states import QueryRecord, QueryState
+
 # The state_reason a waiting query's status shows, with its place in the fair order.
 WAITING_REASON = "waiting for an Athena slot: {ahead} ahead"
+
+
+def waits_for_slot(record: QueryRecord) -> bool:
+    """Whether `record` waits QUEUED for an Athena slot: not admitted, never sent."""
+    return (
+        record.state == QueryState.QUEUED
+        and record.admitted_at is None
+        and record.athena_execution_id is None
+    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from athenaq.athena import Athena
 from athenaq.auth import AllowEveryone, ApiKeys, Authorizer
 from athenaq.commands import Commands
 from athenaq.config import EMBEDDED, Config, S3Config, ServerConfig
-from athenaq.handlers import health, queries
+from athenaq.handlers import health, queries, reports
 from athenaq.handlers.base import Context, NotFoundHandler
 from athenaq.handlers.readiness import Readiness
 from athenaq.handlers.server import AthenaqHTTPServer
@@ -35,7 +35,9 @@ from athenaq.policy import Policy
 from athenaq.poller import Poller
 from athenaq.purger import KeyPurger
 from athenaq.ratelimit import RateLimiter
+from athenaq.reports import Reports
 from athenaq.results import ResultFiles
+from athenaq.schemas import DumpPlan, StatusSchema
 from athenaq.states import Lease, QueryRecord
 from athenaq.store import Store
 from athenaq.storing import ResultsStorer
@@ -58,7 +60,7 @@ CAP_QUIET_INTERVALS = 10
 def make_app(ctx: Context, cors_origins: frozenset[str] = frozenset()) -> tornado.web.Application:
     routes: list[Any] = [
         (pattern, handler, {"ctx": ctx})
-        for module in (queries, health)
+        for module in (queries, reports, health)
         for pattern, handler in module.default_handlers
     ]
     return tornado.web.Application(
@@ -188,6 +190,7 @@ class Service:
                 max_downloads=config.poller.max_concurrent_downloads,
                 max_stores=config.poller.max_concurrent_stores,
             )
+            price = config.athena.price_per_tb_usd
             self._ctx = Context(
                 commands=commands,
                 lookup=lookup,
@@ -198,6 +201,8 @@ class Service:
                 max_inflight_requests=config.server.max_inflight_requests,
                 readiness=Readiness(store, results, poller),
                 watcher=watcher,
+                reports=Reports(store, price_per_tb_usd=price),
+                status=DumpPlan(StatusSchema(price_per_tb_usd=price)),
                 rate_limiter=(
                     RateLimiter(config.auth.requests_per_second)
                     if config.auth.requests_per_second

@@ -6,8 +6,14 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from athenaq.admission import WAITING_REASON
-from athenaq.errors import QueryCancelled, QueryFailed, QueryNotFound, QueryRunning, ResultsMissing
+from athenaq.admission import WAITING_REASON, waits_for_slot
+from athenaq.errors import (
+    QueryCancelled,
+    QueryFailed,
+    QueryNotFound,
+    QueryRunning,
+    ResultsMissing,
+)
 from athenaq.identity import Caller
 from athenaq.results import ResultFiles, ResultReader
 from athenaq.states import QueryRecord, QueryState
@@ -52,11 +58,7 @@ class Lookup:
 
     async def described(self, record: QueryRecord) -> QueryRecord:
         """`record`, as read, as `status` gives it."""
-        if (
-            record.state == QueryState.QUEUED
-            and record.admitted_at is None
-            and record.athena_execution_id is None
-        ):
+        if waits_for_slot(record):
             ahead = await self.store.places_ahead(record)
             record = dataclasses.replace(record, state_reason=WAITING_REASON.format(ahead=ahead))
         return record

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates,
+    validates_schema,
+)
 from marshmallow.decorators import POST_DUMP, PRE_DUMP
 
 from athenaq.clock import isoformat
+from athenaq.identity import KEY_NAME
 from athenaq.names import (
     MAX_PARAMETERS,
     PARAMETER_LENGTH,
@@ -19,7 +30,8 @@ from athenaq.names import (
     validate_database,
     validate_workgroup,
 )
-from athenaq.states import SubmitOptions
+from athenaq.pricing import DEFAULT_PRICE_PER_TB_USD, cost_usd
+from athenaq.states import QueryRecord, QueryState, SubmitOptions
 
 # Athena's own limit for QueryString, counted in bytes here so no multibyte text slips past.
 MAX_QUERY_BYTES = 262_144
@@ -200,10 +212,26 @@ class StatusRequest(Schema):
 
 
 class StatisticsSchema(Schema):
+    """A record's Athena statistics, and their price at `price_per_tb_usd`."""
+
     data_scanned_bytes = fields.Integer(allow_none=True)
     engine_execution_ms = fields.Integer(allow_none=True)
     queue_ms = fields.Integer(allow_none=True)
     total_execution_ms = fields.Integer(allow_none=True)
+    cost_usd = fields.Method("_cost_usd")
+
+    def __init__(
+        self, *, price_per_tb_usd: float = DEFAULT_PRICE_PER_TB_USD, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.price_per_tb_usd = price_per_tb_usd
+
+    def _cost_usd(self, record: QueryRecord) -> float | None:
+        return cost_usd(
+            record.data_scanned_bytes,
+            failed=record.state == QueryState.FAILED,
+            price_per_tb_usd=self.price_per_tb_usd,
+        )
 
 
 class DumpPlan:
@@ -231,11 +259,6 @@ class DumpPlan:
         }
 
 
-# Built once: a schema copies its fields when it is made, which would cost more than the
-# dump on every request.
-STATISTICS = DumpPlan(StatisticsSchema())
-
-
 class StateSchema(Schema):
     """`{"id", "state"}`: the answer to a submit, a refresh or a cancel."""
 
@@ -255,6 +278,10 @@ class SubmittedSchema(StateSchema):
 
 
 class StatusSchema(StateSchema):
+    """The status object of a query. What the service's config adds to the record, the
+    cost's price, is given when the schema is made: the service makes its own
+    (Context.status)."""
+
     state_reason = fields.String(allow_none=True)
     query = fields.String(attribute="query_text")
     database = fields.String(attribute="database_name")
@@ -274,11 +301,26 @@ class StatusSchema(StateSchema):
     cancel_requested = fields.Function(lambda record: record.cancel_requested_at is not None)
     row_count = fields.Integer(allow_none=True)
     results_source = fields.String(allow_none=True)
-    statistics = fields.Function(lambda record: STATISTICS.dump(record))
+    statistics = fields.Method("_statistics")
     owner = fields.String()
 
+    def __init__(
+        self,
+        *,
+        price_per_tb_usd: float = DEFAULT_PRICE_PER_TB_USD,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        # Planned once: a schema copies its fields when it is made, which would cost more
+        # than the dump on every request.
+        self.statistics_plan = DumpPlan(StatisticsSchema(price_per_tb_usd=price_per_tb_usd))
 
-# The status answer, the most asked for: see DumpPlan.
+    def _statistics(self, record: QueryRecord) -> dict[str, Any]:
+        return self.statistics_plan.dump(record)
+
+
+# The status answer at the default price (the service makes its own, with its config's,
+# in Context.status): see DumpPlan.
 STATUS = DumpPlan(StatusSchema())
 
 
@@ -309,3 +351,123 @@ class ResultsSchema(Schema):
     offset = fields.Integer()
     limit = fields.Integer()
     next = fields.String(allow_none=True)
+
+
+# -- the listing, the history and the usage -----------------------------------------
+
+# Queries in a page of `GET /queries` when `limit` is not given, and at most.
+DEFAULT_LIST_LIMIT = 50
+MAX_LIST_LIMIT = 500
+USAGE_GROUPS = ("owner", "day", "workgroup")
+
+
+class Instant(fields.Field[datetime]):
+    """A time as a query parameter: an ISO 8601 date (midnight UTC) or date and time,
+    UTC unless it carries an offset (`Z`, `+02:00`); loaded as naive UTC, as stored."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str):
+            raise ValidationError("must be a string")
+        # A `+` of an offset that the client did not encode (%2B) arrives as a space.
+        text = value.replace(" ", "+") if "T" in value else value
+        try:
+            parsed = datetime.fromisoformat(text)
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except (ValueError, OverflowError):
+            raise ValidationError(
+                "must be an ISO 8601 date or time, e.g. 2026-12-02 or 2026-12-02T18:14:21Z"
+            ) from None
+        return parsed
+
+
+class LabelFilter(fields.Field[tuple[str, str]]):
+    """`key:value`, a label as a submit gives them (Labels; the value may hold colons)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> tuple[str, str]:
+        if not isinstance(value, str):
+            raise ValidationError("must be a string")
+        key, colon, label_value = value.partition(":")
+        if not colon:
+            raise ValidationError("must be key:value")
+        if not LABEL_KEY.fullmatch(key):
+            raise ValidationError("the key must be 1 to 63 of a-z, 0-9, _, . and -")
+        if len(label_value) > MAX_LABEL_VALUE:
+            raise ValidationError(f"the value is over {MAX_LABEL_VALUE} characters")
+        return key, label_value
+
+
+class _TimeRange(Schema):
+    class Meta:
+        unknown = RAISE
+
+    since = Instant()
+    until = Instant()
+
+    @validates_schema
+    def ordered(self, data: dict[str, Any], **_: Any) -> None:
+        since, until = data.get("since"), data.get("until")
+        if since is not None and until is not None and since > until:
+            raise ValidationError("must not be after until", "since")
+
+
+class ListRequest(_TimeRange):
+    """The query parameters of `GET /queries`, each given at most once."""
+
+    state = fields.String(
+        validate=validate.OneOf(
+            [state.value for state in QueryState], error="must be one of: {choices}"
+        )
+    )
+    label = LabelFilter()
+    owner = fields.String(
+        validate=validate.Regexp(KEY_NAME, error="must be a key's name (or anonymous)")
+    )
+    limit = Count(
+        load_default=DEFAULT_LIST_LIMIT,
+        validate=validate.Range(min=1, max=MAX_LIST_LIMIT, error="must be 1 to {max}"),
+    )
+    cursor = fields.String(validate=validate.Length(min=1))
+
+
+class UsageRequest(_TimeRange):
+    """The query parameters of `GET /usage`, each given at most once."""
+
+    group_by = fields.String(
+        load_default="owner",
+        validate=validate.OneOf(USAGE_GROUPS, error="must be one of: {choices}"),
+    )
+
+
+class TransitionSchema(Schema):
+    """A move of a query's history, with the run it belongs to (1, then one more per
+    refresh) and the event that made it."""
+
+    run = fields.Integer()
+    from_ = fields.String(data_key="from", attribute="from_state", allow_none=True)
+    to = fields.String(attribute="to_state")
+    event = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    by = fields.String(allow_none=True)
+    at = Timestamp()
+
+
+class HistorySchema(Schema):
+    id = fields.String()
+    transitions = fields.List(fields.Nested(TransitionSchema))
+
+
+class UsageGroupSchema(Schema):
+    key = fields.String()
+    queries = fields.Integer()
+    succeeded = fields.Integer()
+    failed = fields.Integer()
+    cancelled = fields.Integer()
+    data_scanned_bytes = fields.Integer()
+    cost_usd = fields.Float()
+
+
+class UsageSchema(Schema):
+    groups = fields.List(fields.Nested(UsageGroupSchema))

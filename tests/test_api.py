@@ -147,13 +147,16 @@ async def test_status_has_every_field(client: Client) -> None:
     assert status["athena_query_execution_id"]
     for key in ("submitted_at", "completed_at", "results_at"):
         assert ISO_Z.match(status[key]), (key, status[key])
-    assert set(status["statistics"]) == {
+    statistics = dict(status["statistics"])
+    cost = statistics.pop("cost_usd")
+    assert set(statistics) == {
         "data_scanned_bytes",
         "engine_execution_ms",
         "queue_ms",
         "total_execution_ms",
     }
-    assert all(isinstance(v, int) and v >= 0 for v in status["statistics"].values())
+    assert all(isinstance(v, int) and v >= 0 for v in statistics.values())
+    assert isinstance(cost, int | float) and cost >= 0
 
 
 @pytest.mark.parametrize("action", ["status", "results", "refresh", "cancel"])

@@ -35,6 +35,7 @@ from sqlalchemy import Connection, insert, inspect
 
 from athenaq.app import Service
 from athenaq.config import Config
+from athenaq.pricing import DEFAULT_PRICE_PER_TB_USD, cost_usd
 from athenaq.states import QueryState, SubmitOptions
 from athenaq.store import SchemaError, Store
 from athenaq.store.database import open_engine, sqlite_path
@@ -209,8 +210,20 @@ async def test_a_release_database_is_upgraded_by_athenaq_migrate_and_served_unch
             # The service tried Athena again at start, and says why that failed.
             status["state_reason"] = answer["status"]["state_reason"]
         # Every query of the releases before keys belongs to "anonymous"; those before
-        # the query API ran in Athena's default catalog, with none of its options.
-        assert status == {**answer["status"], "owner": "anonymous", **BEFORE_OPTIONS}, name
+        # the query API ran in Athena's default catalog, with none of its options, and
+        # cost what their bytes scanned cost.
+        then = answer["status"]
+        cost = cost_usd(
+            then["statistics"]["data_scanned_bytes"],
+            failed=then["state"] == QueryState.FAILED,
+            price_per_tb_usd=DEFAULT_PRICE_PER_TB_USD,
+        )
+        assert status == {
+            **then,
+            "owner": "anonymous",
+            **BEFORE_OPTIONS,
+            "statistics": {**then["statistics"], "cost_usd": cost},
+        }, name
         if "results" in answer:
             page = await client.request("GET", f"/query/{answer['id']}/results?limit=1000")
             assert json.loads(page.body) == answer["results"], name

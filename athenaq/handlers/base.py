@@ -36,6 +36,8 @@ from athenaq.launcher import Launcher
 from athenaq.logs import log_request
 from athenaq.lookup import Lookup
 from athenaq.ratelimit import RateLimiter
+from athenaq.reports import Reports
+from athenaq.schemas import DumpPlan
 from athenaq.states import IllegalTransition
 from athenaq.watcher import Watcher
 
@@ -101,6 +103,10 @@ class Context:
     readiness: Readiness
     # Wakes the status requests that wait for their query to finish (`?wait=N`).
     watcher: Watcher
+    # Listings, histories and usage.
+    reports: Reports
+    # The status object, with the config's price (schemas.StatusSchema).
+    status: DumpPlan
     # Requests per second per caller (auth.requests_per_second); None: no limit.
     rate_limiter: RateLimiter | None = None
     in_flight: RequestsInFlight = field(default_factory=RequestsInFlight)

@@ -18,7 +18,6 @@ from athenaq.logs import ABORTED_STATUS
 from athenaq.schemas import (
     CALLBACK,
     MAX_QUERY_BYTES,
-    STATUS,
     CancelSchema,
     ResultsRequest,
     ResultsSchema,
@@ -142,7 +141,7 @@ class StatusHandler(BaseHandler):
             else:
                 record = await self.lookup.described(latest)
         callback = await self.lookup.callback(record)
-        status = STATUS.dump(record)
+        status = self.ctx.status.dump(record)
         status["callback"] = None if callback is None else CALLBACK.dump(callback)
         self.write_json(status)
 

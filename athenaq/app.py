@@ -37,6 +37,7 @@ from athenaq.purger import KeyPurger
 from athenaq.ratelimit import RateLimiter
 from athenaq.reports import Reports
 from athenaq.results import ResultFiles
+from athenaq.retention import Retention, pass_seconds
 from athenaq.schemas import DumpPlan, StatusSchema
 from athenaq.states import Lease, QueryRecord
 from athenaq.store import Store
@@ -102,6 +103,8 @@ class Service:
         self.tasks = TaskRegistry()
         self.poller: Poller | None = None
         self.purger: KeyPurger | None = None
+        # Removes expired results (results.retention_days); None without retention.
+        self.retention: Retention | None = None
         self._ctx: Context | None = None
         self._store: Store | None = None
         self._watcher: Watcher | None = None
@@ -190,6 +193,16 @@ class Service:
                 max_downloads=config.poller.max_concurrent_downloads,
                 max_stores=config.poller.max_concurrent_stores,
             )
+            retention = None
+            if config.results.retention_days is not None:
+                keep = timedelta(days=config.results.retention_days)
+                retention = Retention(
+                    store,
+                    results,
+                    self.tasks,
+                    keep=keep,
+                    interval=pass_seconds(keep, config.poller.interval_seconds),
+                )
             price = config.athena.price_per_tb_usd
             self._ctx = Context(
                 commands=commands,
@@ -202,7 +215,12 @@ class Service:
                 readiness=Readiness(store, results, poller),
                 watcher=watcher,
                 reports=Reports(store, price_per_tb_usd=price),
-                status=DumpPlan(StatusSchema(price_per_tb_usd=price)),
+                status=DumpPlan(
+                    StatusSchema(
+                        price_per_tb_usd=price,
+                        retention=retention.keep if retention is not None else None,
+                    )
+                ),
                 rate_limiter=(
                     RateLimiter(config.auth.requests_per_second)
                     if config.auth.requests_per_second
@@ -222,6 +240,9 @@ class Service:
             self.purger.start()
             self._dispatcher = dispatcher
             dispatcher.start()
+            if retention is not None:
+                self.retention = retention
+                retention.start()
         except BaseException:
             await self._stack.aclose()
             raise
@@ -269,6 +290,9 @@ class Service:
         if self._watcher is not None:
             # Long-polls answer now, with their queries as they stand, not at the drain's end.
             await self._watcher.stop()
+        if self.retention is not None:
+            await self.retention.stop()
+            self.retention = None
         requests = asyncio.ensure_future(self._drain_requests(drain))
         if self.purger is not None:
             await self.purger.stop()

@@ -111,6 +111,9 @@ class ResultsConfig:
     # A result whose first GetQueryResults page of this many rows (its header row
     # included) holds it whole is stored from that page alone; 0: always from S3.
     first_page_rows: int = 100
+    # Days a result is kept after it was stored; then the service removes its files.
+    # None: kept until a refresh replaces it.
+    retention_days: float | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,10 @@ class _Hours(_Duration):
     unit = "hours"
 
 
+class _Days(_Duration):
+    unit = "days"
+
+
 class _Dollars(_Duration):
     unit = "US dollars"
 
@@ -367,6 +374,12 @@ class ResultsSchema(_Section):
         strict=True,
         load_default=ResultsConfig.first_page_rows,
         validate=validate.Range(min=0, max=1000),
+    )
+    # Fractions of a day too (tests, and short-lived results); at most about a century.
+    retention_days = _Days(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=0, min_inclusive=False, max=36_500),
     )
 
     loads_into = ResultsConfig

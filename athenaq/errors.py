@@ -123,6 +123,18 @@ class IdempotencyKeyReused(ApiError):
     code = "idempotency_key_reused"
 
 
+class ResultsExpired(ApiError):
+    status = 410
+    code = "results_expired"
+
+    def __init__(self, query_id: str) -> None:
+        super().__init__(
+            f"the results of query {query_id} were removed at the end of their retention "
+            "period; refresh the query to run it again",
+            state="SUCCEEDED",
+        )
+
+
 class Conflict(ApiError):
     """The query changed in a way the request did not expect (a lost race)."""
 

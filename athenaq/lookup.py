@@ -12,6 +12,7 @@ from athenaq.errors import (
     QueryFailed,
     QueryNotFound,
     QueryRunning,
+    ResultsExpired,
     ResultsMissing,
 )
 from athenaq.identity import Caller
@@ -78,7 +79,10 @@ class Lookup:
 
     async def open_results(self, query_id: str, caller: Caller) -> tuple[QueryRecord, ResultReader]:
         """A SUCCEEDED query's stored results, opened (the caller closes the reader);
-        the state's error otherwise."""
+        the state's error otherwise, ResultsExpired once retention removed them.
+
+        Once open, the files stay readable to the end of the reader, whoever removes
+        them meanwhile (a refresh, retention)."""
         record = await self.get(query_id, caller)
         for _ in range(READ_ATTEMPTS):
             if record.state == QueryState.CANCELLED:
@@ -87,12 +91,16 @@ class Lookup:
                 raise QueryFailed(query_id, record.state_reason)
             if record.state != QueryState.SUCCEEDED or record.athena_execution_id is None:
                 raise QueryRunning(record.id, record.state.value)
+            if record.results_expired_at is not None:
+                raise ResultsExpired(query_id)
             try:
                 return record, await self.results.open(query_id, record.athena_execution_id)
             except FileNotFoundError:
-                # Refreshed between reading the state and the file: the state now says why.
+                # Refreshed, or its results expired, between reading the state and opening
+                # the files: the query now says which. Retention marks the results removed
+                # before it removes them, and moves no version.
                 latest = await self.get(query_id)
-                if latest.version == record.version:
+                if latest.version == record.version and latest.results_expired_at is None:
                     break
                 record = latest
         raise ResultsMissing(query_id)

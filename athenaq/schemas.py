@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -279,8 +279,8 @@ class SubmittedSchema(StateSchema):
 
 class StatusSchema(StateSchema):
     """The status object of a query. What the service's config adds to the record, the
-    cost's price, is given when the schema is made: the service makes its own
-    (Context.status)."""
+    cost's price and the results' retention, is given when the schema is made: the
+    service makes its own (Context.status)."""
 
     state_reason = fields.String(allow_none=True)
     query = fields.String(attribute="query_text")
@@ -298,6 +298,9 @@ class StatusSchema(StateSchema):
     started_at = Timestamp()
     completed_at = Timestamp()
     results_at = Timestamp()
+    # When retention removes the results: results_at + results.retention_days; null
+    # without retention or results.
+    results_expires_at = fields.Method("_results_expires_at")
     cancel_requested = fields.Function(lambda record: record.cancel_requested_at is not None)
     row_count = fields.Integer(allow_none=True)
     results_source = fields.String(allow_none=True)
@@ -308,19 +311,26 @@ class StatusSchema(StateSchema):
         self,
         *,
         price_per_tb_usd: float = DEFAULT_PRICE_PER_TB_USD,
+        retention: timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         # Planned once: a schema copies its fields when it is made, which would cost more
         # than the dump on every request.
         self.statistics_plan = DumpPlan(StatisticsSchema(price_per_tb_usd=price_per_tb_usd))
+        self.retention = retention
 
     def _statistics(self, record: QueryRecord) -> dict[str, Any]:
         return self.statistics_plan.dump(record)
 
+    def _results_expires_at(self, record: QueryRecord) -> str | None:
+        if self.retention is None or record.results_at is None:
+            return None
+        return isoformat(record.results_at + self.retention)
 
-# The status answer at the default price (the service makes its own, with its config's,
-# in Context.status): see DumpPlan.
+
+# The status answer at the default price and without retention (the service makes its
+# own, with its config's, in Context.status): see DumpPlan.
 STATUS = DumpPlan(StatusSchema())
 
 

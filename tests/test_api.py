@@ -147,6 +147,8 @@ async def test_status_has_every_field(client: Client) -> None:
     assert status["athena_query_execution_id"]
     for key in ("submitted_at", "completed_at", "results_at"):
         assert ISO_Z.match(status[key]), (key, status[key])
+    # No retention in this config: the results are kept until a refresh.
+    assert status["results_expires_at"] is None
     statistics = dict(status["statistics"])
     cost = statistics.pop("cost_usd")
     assert set(statistics) == {

@@ -35,6 +35,7 @@ def test_a_v1_file_gets_the_defaults() -> None:
     assert config.poller.max_concurrent_downloads == 4
     assert config.poller.max_concurrent_stores == 32
     assert config.results.store_retry_minutes == 60.0
+    assert config.results.retention_days is None
 
 
 @pytest.mark.parametrize(
@@ -65,6 +66,11 @@ def test_a_v1_file_gets_the_defaults() -> None:
         ("results", "store_retry_minutes", True),
         ("results", "store_retry_minutes", None),
         ("results", "store_retry_minutes", 7 * 24 * 60 + 1),
+        ("results", "retention_days", 0),
+        ("results", "retention_days", -1),
+        ("results", "retention_days", "30"),
+        ("results", "retention_days", True),
+        ("results", "retention_days", 36_501),
     ],
 )
 def test_a_bad_optional_key_is_named(section: str, key: str, value: Any) -> None:
@@ -75,6 +81,12 @@ def test_a_bad_optional_key_is_named(section: str, key: str, value: Any) -> None
     )
     with pytest.raises(ConfigError, match=rf"^{section}\.{key}: "):
         parse_config(document)
+
+
+def test_the_retention_takes_days() -> None:
+    config = parse_config(config_with("results.retention_days", 0.5))
+    assert config.results.retention_days == 0.5
+    assert parse_config(config_with("results.retention_days", None)).results.retention_days is None
 
 
 def test_a_v1_file_has_keys_off_and_any_statement_kind() -> None:

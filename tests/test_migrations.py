@@ -210,8 +210,8 @@ async def test_a_release_database_is_upgraded_by_athenaq_migrate_and_served_unch
             # The service tried Athena again at start, and says why that failed.
             status["state_reason"] = answer["status"]["state_reason"]
         # Every query of the releases before keys belongs to "anonymous"; those before
-        # the query API ran in Athena's default catalog, with none of its options, and
-        # cost what their bytes scanned cost.
+        # the query API ran in Athena's default catalog, with none of its options, cost
+        # what their bytes scanned cost, and have no expiry (no retention in this config).
         then = answer["status"]
         cost = cost_usd(
             then["statistics"]["data_scanned_bytes"],
@@ -222,6 +222,7 @@ async def test_a_release_database_is_upgraded_by_athenaq_migrate_and_served_unch
             **then,
             "owner": "anonymous",
             **BEFORE_OPTIONS,
+            "results_expires_at": None,
             "statistics": {**then["statistics"], "cost_usd": cost},
         }, name
         if "results" in answer:

@@ -105,7 +105,7 @@ class Context:
     watcher: Watcher
     # Listings, histories and usage.
     reports: Reports
-    # The status object, with the config's price (schemas.StatusSchema).
+    # The status object, with the config's price and retention (schemas.StatusSchema).
     status: DumpPlan
     # Requests per second per caller (auth.requests_per_second); None: no limit.
     rate_limiter: RateLimiter | None = None

@@ -78,8 +78,9 @@ UUID_RE='^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 TIMESTAMP_RE='^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?Z$'
 STATUS_FIELDS=(id state state_reason query database workgroup catalog parameters labels
     result_reuse_minutes reused_previous_result timeout_seconds callback_url callback
-    athena_query_execution_id submitted_at completed_at results_at statistics owner)
-STATISTICS_FIELDS=(data_scanned_bytes engine_execution_ms queue_ms total_execution_ms)
+    athena_query_execution_id submitted_at completed_at results_at results_expires_at
+    statistics owner)
+STATISTICS_FIELDS=(data_scanned_bytes engine_execution_ms queue_ms total_execution_ms cost_usd)
 RESULTS_FIELDS=(id state results_at columns rows row_count)
 
 # Globals set by request/load: STATUS, BODY, HEADERS, and REQ ("METHOD PATH") for messages.
@@ -304,7 +305,7 @@ expect_status_object() {
          else (.callback | type == "object" and has("url") and has("delivered_at")
                and (.attempts | type == "number") and has("last_error")) end'
     expect_jq 'statistics as numbers (or null)' \
-        '.statistics | [.data_scanned_bytes, .engine_execution_ms, .queue_ms, .total_execution_ms]
+        '.statistics | [.data_scanned_bytes, .engine_execution_ms, .queue_ms, .total_execution_ms, .cost_usd]
          | map(. == null or type == "number") | all'
     if [[ $state == SUCCEEDED ]]; then
         expect_jq 'a SUCCEEDED query with completed_at, results_at and athena_query_execution_id' \
@@ -594,6 +595,7 @@ if [[ -z ${EXERCISE_FAIL_SQL:-} ]]; then
         '.state_reason | contains("athenaq_exercise_missing_table")'
 fi
 pass "state_reason: $REASON"
+expect_jq 'a FAILED query costs nothing' '.statistics.cost_usd == 0'
 request GET "/query/$FAIL_ID/results"
 expect_code 409 query_failed FAILED
 expect_jq "409 query_failed with the reason \"$REASON\" in the message" \
@@ -707,5 +709,60 @@ if [[ -n ${ATHENAQ_KEY:-} ]]; then
     expect_status 200
     pass "health needs no key"
 fi
+
+# --- 13. Finding queries again: the listing, a history, the usage -------------------
+request GET "/queries?limit=2"
+expect_status 200
+expect_jq 'at most 2 status objects, newest first, and a next path or null' \
+    '(.queries | type == "array" and length <= 2 and all(.[]; has("id") and has("statistics")))
+     and (.next == null or (.next | type == "string" and startswith("/queries?")))
+     and ([.queries[].submitted_at] == ([.queries[].submitted_at] | sort | reverse))'
+pass "$(json '.queries | length') queries, next=$(json '.next != null')"
+if [[ $(json .next) != null ]]; then
+    FIRST_PAGE=$(json '[.queries[].id] | join(" ")')
+    request GET "$(json .next)"
+    expect_status 200
+    expect_jq 'a following page that repeats none of the first' \
+        '[.queries[].id] | all(. as $id | ($first | split(" ") | index($id)) == null)' --arg first "$FIRST_PAGE"
+    pass "next page: $(json '.queries | length') queries"
+fi
+request GET "/queries?state=FAILED&limit=500"
+expect_status 200
+expect_jq "the failed query $FAIL_ID among the FAILED ones" \
+    'any(.queries[]; .id == $id) and all(.queries[]; .state == "FAILED")' --arg id "$FAIL_ID"
+pass "state=FAILED lists $FAIL_ID"
+request GET "/queries?label=exercise:parameters&limit=500"
+expect_status 200
+expect_jq "the labelled query $PARAM_ID among those labelled exercise:parameters" \
+    'any(.queries[]; .id == $id) and all(.queries[]; .labels.exercise == "parameters")' --arg id "$PARAM_ID"
+pass "label=exercise:parameters lists $PARAM_ID"
+for bad in limit=0 state=DONE label=no-colon since=yesterday "cursor=not-a-cursor"; do
+    request GET "/queries?$bad"
+    expect_code 400 validation_error
+    expect_jq "a message naming ${bad%%=*}" '.error.message | startswith($p)' --arg p "${bad%%=*}: "
+    pass "${bad%%=*} refused"
+done
+request GET "/query/$FAST_ID/history"
+expect_status 200
+expect_jq 'every run of the refreshed query, oldest first, from a submit' \
+    '.id == $id and .transitions[0].event == "submit" and .transitions[0].from == null
+     and any(.transitions[]; .event == "refresh" and .run == 2)
+     and ([.transitions[].at] == ([.transitions[].at] | sort))' --arg id "$FAST_ID"
+pass "$(json '.transitions | length') transitions, $(json '.transitions[-1].run') runs"
+request GET "/query/$UNKNOWN_ID/history"
+expect_code 404 not_found
+pass not_found
+for group_by in owner day workgroup; do
+    request GET "/usage?group_by=$group_by"
+    expect_status 200
+    expect_jq 'groups of counts, bytes and cost' \
+        '.groups | length > 0 and all(.[]; (.key | type == "string")
+            and ([.queries, .succeeded, .failed, .cancelled, .data_scanned_bytes, .cost_usd]
+                 | all(type == "number")) and .queries >= .succeeded + .failed + .cancelled)'
+    pass "by $group_by: $(json '[.groups[].key] | join(", ")')"
+done
+request GET "/usage?group_by=month"
+expect_code 400 validation_error
+pass "group_by refused"
 
 echo "exercise: all $CHECKS checks passed"

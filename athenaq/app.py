@@ -153,7 +153,24 @@ class Service:
                 watcher.moved(record)
                 dispatcher.moved(record)
 
-            machine = Machine(store, lease=self.lease, moved=moved)
+            retention = None
+            if config.results.retention_days is not None:
+                keep = timedelta(days=config.results.retention_days)
+                retention = Retention(
+                    store,
+                    results,
+                    self.tasks,
+                    keep=keep,
+                    interval=pass_seconds(keep, config.poller.interval_seconds),
+                )
+            # The status object as GET /query/<id>/status, the listing and webhooks show it.
+            status = DumpPlan(
+                StatusSchema(
+                    price_per_tb_usd=config.athena.price_per_tb_usd,
+                    retention=retention.keep if retention is not None else None,
+                )
+            )
+            machine = Machine(store, lease=self.lease, moved=moved, status=status.dump)
             storer = ResultsStorer(
                 machine,
                 store,
@@ -193,16 +210,6 @@ class Service:
                 max_downloads=config.poller.max_concurrent_downloads,
                 max_stores=config.poller.max_concurrent_stores,
             )
-            retention = None
-            if config.results.retention_days is not None:
-                keep = timedelta(days=config.results.retention_days)
-                retention = Retention(
-                    store,
-                    results,
-                    self.tasks,
-                    keep=keep,
-                    interval=pass_seconds(keep, config.poller.interval_seconds),
-                )
             price = config.athena.price_per_tb_usd
             self._ctx = Context(
                 commands=commands,
@@ -215,12 +222,7 @@ class Service:
                 readiness=Readiness(store, results, poller),
                 watcher=watcher,
                 reports=Reports(store, price_per_tb_usd=price),
-                status=DumpPlan(
-                    StatusSchema(
-                        price_per_tb_usd=price,
-                        retention=retention.keep if retention is not None else None,
-                    )
-                ),
+                status=status,
                 rate_limiter=(
                     RateLimiter(config.auth.requests_per_second)
                     if config.auth.requests_per_second

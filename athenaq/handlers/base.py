@@ -37,8 +37,8 @@ from athenaq.logs import log_request
 from athenaq.lookup import Lookup
 from athenaq.ratelimit import RateLimiter
 from athenaq.reports import Reports
-from athenaq.schemas import DumpPlan
-from athenaq.states import IllegalTransition
+from athenaq.schemas import CALLBACK, DumpPlan
+from athenaq.states import IllegalTransition, QueryRecord
 from athenaq.watcher import Watcher
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -173,6 +173,14 @@ class BaseHandler(RequestHandler):
     @property
     def watcher(self) -> Watcher:
         return self.ctx.watcher
+
+    async def status_object(self, record: QueryRecord) -> dict[str, Any]:
+        """The query's status object, as GET /query/<id>/status shows it: with its
+        webhook's progress, read only for a query that has a callback_url."""
+        status = self.ctx.status.dump(record)
+        callback = await self.lookup.callback(record)
+        status["callback"] = None if callback is None else CALLBACK.dump(callback)
+        return status
 
     async def prepare(self) -> None:
         if self.screen_request() or self.allow_unauthenticated:

@@ -16,7 +16,6 @@ from athenaq.handlers.idempotency import REPLAYED_HEADER, parse_idempotency_key
 from athenaq.identity import CANCEL, READ, SUBMIT
 from athenaq.logs import ABORTED_STATUS
 from athenaq.schemas import (
-    CALLBACK,
     MAX_QUERY_BYTES,
     CancelSchema,
     ResultsRequest,
@@ -140,10 +139,7 @@ class StatusHandler(BaseHandler):
                 record = await self.lookup.status(query_id, self.caller)
             else:
                 record = await self.lookup.described(latest)
-        callback = await self.lookup.callback(record)
-        status = self.ctx.status.dump(record)
-        status["callback"] = None if callback is None else CALLBACK.dump(callback)
-        self.write_json(status)
+        self.write_json(await self.status_object(record))
 
     def on_connection_close(self) -> None:
         if self.waiter is not None:

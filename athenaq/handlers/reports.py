@@ -48,10 +48,8 @@ class QueriesHandler(BaseHandler):
             following = "/queries?" + urlencode(
                 [*filters.items(), ("limit", str(limit)), ("cursor", position)]
             )
-        status = self.ctx.status
-        self.write_json(
-            {"queries": [status.dump(record) for record in page.records], "next": following}
-        )
+        statuses = [await self.status_object(record) for record in page.records]
+        self.write_json({"queries": statuses, "next": following})
 
 
 def _canonical(request: dict[str, Any]) -> dict[str, str]:

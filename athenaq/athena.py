@@ -14,7 +14,7 @@ import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -132,9 +132,26 @@ class Execution:
     reused_previous_result: bool | None = None
 
     @property
+    def started_at(self) -> datetime | None:
+        """When Athena began to run the execution: its SubmissionDateTime plus its
+        QueryQueueTimeInMillis, both of Athena's clock. None while it is QUEUED, when it
+        ended in the queue (FAILED or CANCELLED with all its time spent queued: it never
+        ran), or when Athena does not say."""
+        if self.state == "QUEUED" or self.submitted_at is None or self.queue_ms is None:
+            return None
+        if (
+            self.state in ("FAILED", "CANCELLED")
+            and self.total_execution_ms is not None
+            and self.queue_ms >= self.total_execution_ms
+        ):
+            return None
+        return self.submitted_at + timedelta(milliseconds=self.queue_ms)
+
+    @property
     def statistics(self) -> dict[str, Any]:
-        """When it ended and what it cost, as the query's record keeps them."""
-        return {
+        """When it started and ended and what it cost, as the query's record keeps them
+        (the start only when Athena says: otherwise the record keeps the one it has)."""
+        statistics = {
             "completed_at": self.completed_at,
             "data_scanned_bytes": self.data_scanned_bytes,
             "engine_execution_ms": self.engine_execution_ms,
@@ -142,6 +159,9 @@ class Execution:
             "total_execution_ms": self.total_execution_ms,
             "reused_previous_result": self.reused_previous_result,
         }
+        if (started := self.started_at) is not None:
+            statistics["started_at"] = started
+        return statistics
 
 
 @dataclass(frozen=True)

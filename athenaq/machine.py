@@ -18,7 +18,7 @@ from typing import Any
 from loguru import logger
 
 from athenaq.athena import Execution
-from athenaq.clock import utcnow
+from athenaq.clock import in_order, utcnow
 from athenaq.errors import (
     TooManyQueries,
 )
@@ -44,6 +44,8 @@ Q = QueryState
 RACE_RETRIES = 5
 # When a caller at its max_running may try again: queries take seconds at the least.
 RUNNING_LIMIT_RETRY_SECONDS = 5
+# A query's times after its submitted_at, in the order of its life (see _times_in_order).
+TIMES = ("started_at", "completed_at", "results_at")
 
 
 class Machine:
@@ -86,9 +88,10 @@ class Machine:
         Raises IllegalTransition when the table forbids the move, TooManyQueries when it
         would make the owner's unfinished queries more than `running_limit`. Returns the
         new record, or None when another writer changed the query since it was read (the
-        compare-and-set lost): the caller re-reads and decides again."""
+        compare-and-set lost): the caller re-reads and decides again. The query's times
+        are written in the order of its life (_times_in_order)."""
         target = next_state(current.state, event)
-        columns = dict(changes or {})
+        columns = _times_in_order(current, target, dict(changes or {}))
         columns["state_reason"] = reason if target in (Q.FAILED, Q.CANCELLED) else None
         fields = {"query_id": current.id, "event": event.value, "by": by}
         try:
@@ -205,12 +208,13 @@ class Machine:
         """Apply Athena's view to `current`: the record to store results for (SUCCEEDED),
         None when nothing more is to be done; _RaceLost when the compare-and-set lost."""
         if execution.state in (Q.RUNNING, Q.SUCCEEDED) and current.state == Q.QUEUED:
+            # Athena's start when it says, else now: the end's statistics may tell it later.
             running = await self.apply(
                 current,
                 Event.RUN,
                 by=POLLER,
                 reason=f"Athena reports {execution.state}",
-                changes={"started_at": utcnow()},
+                changes={"started_at": execution.started_at or utcnow()},
             )
             if running is None:
                 raise _RaceLost
@@ -262,6 +266,24 @@ class _RaceLost(Exception):
 def tracks(record: QueryRecord, execution_id: str) -> bool:
     """Whether `record` is unfinished with `execution_id` as its current execution."""
     return not record.is_finished and record.athena_execution_id == execution_id
+
+
+def _times_in_order(
+    current: QueryRecord, target: QueryState, columns: dict[str, Any]
+) -> dict[str, Any]:
+    """`columns` with the query's times in the order of its life, submitted_at <=
+    started_at <= completed_at <= results_at (each where set): the ones they set, and
+    one the query had that they would put out of order (clock.in_order says how). A
+    query that ends without Athena's completion time takes athenaq's now for it."""
+    now = utcnow()
+    before = [columns.get(name, getattr(current, name)) for name in TIMES]
+    if target.is_finished and before[1] is None:
+        before[1] = now
+    after = in_order(current.submitted_at, before, now)
+    for name, value in zip(TIMES, after, strict=True):
+        if name in columns or value != getattr(current, name):
+            columns[name] = value
+    return columns
 
 
 def _too_many(exc: RunningLimitReached) -> TooManyQueries:

@@ -162,7 +162,10 @@ class _Scripted:
     def snapshot(self, now: float) -> Execution:
         state, final_at = self.timeline(now)
         total = (final_at if final_at is not None else now) - self.started
-        queued = min(total, self.seconds("queue_ms"))
+        # Whole milliseconds that add up, as the local engine gives them: the queue and
+        # the run make the total, and the completion is the submission plus the total.
+        queue_ms = round(min(total, self.seconds("queue_ms")) * 1000)
+        total_ms = round(total * 1000)
         reason = self.forced_reason if self.forced else self.script.get("fail")
         if final_at is None or state is State.SUCCEEDED or reason is None:
             reason = None
@@ -178,10 +181,10 @@ class _Scripted:
             reason=None if reason is None else str(reason),
             failure=Failure(2, 1001, str(reason)) if state is State.FAILED else None,
             submitted_at=self.submitted,
-            completed_at=None if final_at is None else self.submitted + total,
-            queue_ms=round(queued * 1000),
-            engine_ms=round((total - queued) * 1000),
-            total_ms=round(total * 1000),
+            completed_at=None if final_at is None else self.submitted + total_ms / 1000,
+            queue_ms=queue_ms,
+            engine_ms=total_ms - queue_ms,
+            total_ms=total_ms,
             scanned_bytes=0 if self.reused else int(self.script.get("scanned_bytes", 1024)),
             parameters=self.parameters,
             reuse_minutes=self.reuse_minutes,

@@ -13,15 +13,19 @@ asks for the `double` fixture always gets the double: it scripts what DuckDB can
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import itertools
 import json
 import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -125,6 +129,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "endpoint: its Athena endpoint is the one ATHENAQ_TEST_ATHENA chooses"
     )
+    config.addinivalue_line(
+        "markers",
+        "earlier_release_queries(*ids): queries an earlier release wrote, whose times the "
+        "check of every query a test leaves (db_url) takes as that release gave them",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -149,6 +158,75 @@ def json_logs() -> None:
 # take them: making and migrating a database costs about ten times more than emptying it.
 _FREE_DATABASES: list[str] = []
 _SQLITE_TEMPLATE: list[Path] = []
+
+# A query's times in the order of its life: each one set is no earlier than the one set
+# before it, whatever the clocks of Athena and athenaq say. Every query a test leaves in
+# its database is checked (db_url), so a test that makes one out of order fails.
+QUERY_TIMES = ("submitted_at", "started_at", "completed_at", "results_at")
+_QUERY_TIMES_SQL = f"SELECT id, state, {', '.join(QUERY_TIMES)} FROM {{table}} ORDER BY id"
+
+
+def times_out_of_order(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """A line for each query of `rows` (id, state and QUERY_TIMES) whose times break
+    the order of its life."""
+    bad = []
+    for row in rows:
+        times = [(name, row[name]) for name in QUERY_TIMES if row[name] is not None]
+        for (earlier, before), (later, after) in itertools.pairwise(times):
+            if after < before:
+                bad.append(f"{row['id']} {row['state']}: {later} {after} < {earlier} {before}")
+    return bad
+
+
+def _sqlite_query_times(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        try:
+            rows = conn.execute(_QUERY_TIMES_SQL.format(table="queries")).fetchall()
+        except sqlite3.OperationalError:  # no schema (yet), or not this one
+            return []
+    fields = ("id", "state", *QUERY_TIMES)
+    return [
+        {
+            name: datetime.fromisoformat(value) if name in QUERY_TIMES and value else value
+            for name, value in zip(fields, row, strict=True)
+        }
+        for row in rows
+    ]
+
+
+async def _mysql_query_times(admin: asyncmy.Connection, name: str) -> list[dict[str, Any]]:
+    async with admin.cursor() as cur:
+        try:
+            await cur.execute(_QUERY_TIMES_SQL.format(table=f"`{name}`.`queries`"))
+        except asyncmy.errors.ProgrammingError:  # no schema (yet)
+            return []
+        rows = await cur.fetchall()
+    await admin.commit()
+    fields = ("id", "state", *QUERY_TIMES)
+    return [dict(zip(fields, row, strict=True)) for row in rows]
+
+
+def _check_times(request: pytest.FixtureRequest, rows: list[dict[str, Any]]) -> str | None:
+    marker = request.node.get_closest_marker("earlier_release_queries")
+    foreign = frozenset(marker.args if marker else ())
+    bad = times_out_of_order(row for row in rows if row["id"] not in foreign)
+    return f"queries with times out of order: {bad}" if bad else None
+
+
+def assert_times_add_up(execution: Mapping[str, Any]) -> None:
+    """An Athena endpoint's figures for a finished execution agree, as Athena's do: the
+    time queued and the time run make the total, and the completion is the submission
+    plus the total (to the millisecond), so the start a client takes from them (the
+    submission plus the time queued) is never after the completion."""
+    status, stats = execution["Status"], execution["Statistics"]
+    queued = stats["QueryQueueTimeInMillis"]
+    ran = stats["EngineExecutionTimeInMillis"]
+    total = stats["TotalExecutionTimeInMillis"]
+    assert queued >= 0 and ran >= 0 and queued + ran == total, stats
+    took = status["CompletionDateTime"] - status["SubmissionDateTime"]
+    assert abs(took - timedelta(milliseconds=total)) < timedelta(milliseconds=1), (took, total)
 
 
 async def _empty_tables(admin: asyncmy.Connection, name: str) -> None:
@@ -222,6 +300,8 @@ async def db_url(
                 _SQLITE_TEMPLATE.append(template)
             shutil.copyfile(_SQLITE_TEMPLATE[0], path)
         yield f"sqlite:///{quote(str(path))}"
+        if failure := _check_times(request, _sqlite_query_times(path)):
+            pytest.fail(failure)
         return
     parts = urlsplit(base)
     try:
@@ -240,11 +320,14 @@ async def db_url(
                 await _migrated(urlunsplit(parts._replace(path=f"/{name}")))
         url = urlunsplit(parts._replace(path=f"/{name}"))
         yield url
+        failure = _check_times(request, await _mysql_query_times(admin, name))
         if not empty and await _at_head(url):
             _FREE_DATABASES.append(name)
         else:
             async with admin.cursor() as cur:
                 await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        if failure:
+            pytest.fail(failure)
     finally:
         await admin.ensure_closed()
 

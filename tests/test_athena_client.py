@@ -116,7 +116,10 @@ async def test_status_answers_are_read_field_by_field_as_botocore_would() -> Non
         assert execution.reason == "line 1:8: bad: syntax"
         assert execution.submitted_at == datetime(2026, 1, 1, 0, 0, 0, 250000)
         assert execution.completed_at == datetime(2026, 1, 1, 0, 0, 1)
+        # Athena's start: its submission plus its time in the queue.
+        assert execution.started_at == datetime(2026, 1, 1, 0, 0, 0, 290000)
         assert execution.statistics == {
+            "started_at": datetime(2026, 1, 1, 0, 0, 0, 290000),
             "completed_at": datetime(2026, 1, 1, 0, 0, 1),
             "data_scanned_bytes": 4096,
             "engine_execution_ms": 900,
@@ -133,6 +136,37 @@ async def test_an_answer_without_result_reuse_information_says_nothing_of_it() -
     assert _execution(raw).statistics["reused_previous_result"] is None
     reused = {**EXECUTION, "Statistics": {"ResultReuseInformation": {}}}
     assert _execution(reused).reused_previous_result is None
+
+
+def test_the_start_is_athenas_own_only_once_the_execution_left_its_queue() -> None:
+    """started_at is Athena's: submission plus queue time, never a guess. A queued
+    execution, one that ended in the queue (all its time queue time), and an answer
+    without the figures have none, and their statistics leave the record's start be."""
+
+    def execution(state: str, **statistics: int) -> dict[str, Any]:
+        return {
+            **EXECUTION,
+            "Status": {**EXECUTION["Status"], "State": state},
+            "Statistics": statistics,
+        }
+
+    ran = _execution(execution("RUNNING", QueryQueueTimeInMillis=40))
+    assert ran.started_at == datetime(2026, 1, 1, 0, 0, 0, 290000)
+    assert ran.statistics["started_at"] == ran.started_at
+    for unstarted in (
+        execution("QUEUED", QueryQueueTimeInMillis=40),
+        execution("CANCELLED", QueryQueueTimeInMillis=750, TotalExecutionTimeInMillis=750),
+        execution("FAILED", QueryQueueTimeInMillis=750, TotalExecutionTimeInMillis=750),
+        execution("SUCCEEDED"),
+        {**execution("SUCCEEDED", QueryQueueTimeInMillis=40), "Status": {"State": "SUCCEEDED"}},
+    ):
+        assert _execution(unstarted).started_at is None, unstarted
+        assert "started_at" not in _execution(unstarted).statistics
+    # A reused result (nothing queued, nothing run) starts when it was submitted.
+    reused = _execution(
+        execution("SUCCEEDED", QueryQueueTimeInMillis=0, TotalExecutionTimeInMillis=0)
+    )
+    assert reused.started_at == datetime(2026, 1, 1, 0, 0, 0, 250000)
 
 
 async def test_a_start_sends_the_context_parameters_and_result_reuse() -> None:

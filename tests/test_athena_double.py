@@ -19,7 +19,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
 from tests.athena_double import AthenaDouble
-from tests.conftest import wait_for
+from tests.conftest import assert_times_add_up, wait_for
 
 OUTPUT = "s3://results-bucket/athenaq/"
 
@@ -102,6 +102,7 @@ async def test_scripted_timeline(endpoint: AthenaDouble) -> None:
     assert stats["TotalExecutionTimeInMillis"] == 300
     assert st["CompletionDateTime"] > st["SubmissionDateTime"]  # both parsed as datetimes
     assert "AthenaError" not in st
+    assert_times_add_up(execution)
 
 
 async def test_paging_generated_rows(endpoint: AthenaDouble) -> None:
@@ -199,6 +200,10 @@ async def test_stop_held_and_finished(endpoint: AthenaDouble) -> None:
         "catalog": None,
         "reused": False,
     }
+    async with athena(endpoint.url) as client:
+        for stopped in (held, done):
+            answer = await client.get_query_execution(QueryExecutionId=stopped)
+            assert_times_add_up(answer["QueryExecution"])
 
 
 async def test_fail_directive(endpoint: AthenaDouble) -> None:

@@ -15,7 +15,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from athenaq.local import LocalEngine
-from tests.conftest import wait_for
+from tests.conftest import assert_times_add_up, wait_for
 
 # Far more rows than any machine counts within a test's lifetime: it runs until stopped.
 LONG_SQL = "SELECT count(*) FROM range(20000000000000)"
@@ -235,6 +235,7 @@ async def test_bad_sql_fails_with_duckdbs_reason(athena: Any) -> None:
         "ErrorMessage": status["StateChangeReason"],
     }
     assert status["CompletionDateTime"] >= status["SubmissionDateTime"]
+    assert_times_add_up(execution)
     with pytest.raises(ClientError) as caught:
         await athena.get_query_results(QueryExecutionId=execution["QueryExecutionId"])
     assert caught.value.response["Error"]["Code"] == "InvalidRequestException"
@@ -249,8 +250,10 @@ async def test_stop_cancels_a_running_query_and_spares_a_finished_one(athena: An
     assert execution["Status"]["StateChangeReason"] == "Query cancelled by user"
     stats = execution["Statistics"]
     assert stats["TotalExecutionTimeInMillis"] >= stats["EngineExecutionTimeInMillis"] > 0
+    assert_times_add_up(execution)
 
     finished = await run(athena, "SELECT 1")
+    assert_times_add_up(finished)
     await athena.stop_query_execution(QueryExecutionId=finished["QueryExecutionId"])
     again = await athena.get_query_execution(QueryExecutionId=finished["QueryExecutionId"])
     assert again["QueryExecution"]["Status"]["State"] == "SUCCEEDED"
@@ -263,7 +266,10 @@ async def test_stop_cancels_a_queued_query(athena: Any) -> None:
     queued = await start(athena, "SELECT 1")  # the only worker is busy
     assert (await wait_state(athena, queued, {"QUEUED"}))["Status"]["State"] == "QUEUED"
     await athena.stop_query_execution(QueryExecutionId=queued)
-    assert (await wait_state(athena, queued, FINAL))["Status"]["State"] == "CANCELLED"
+    stopped = await wait_state(athena, queued, FINAL)
+    assert stopped["Status"]["State"] == "CANCELLED"
+    assert_times_add_up(stopped)  # all of it queued: it never ran
+    assert stopped["Statistics"]["EngineExecutionTimeInMillis"] == 0
     await athena.stop_query_execution(QueryExecutionId=running)
     assert (await wait_state(athena, running, FINAL))["Status"]["State"] == "CANCELLED"
 

@@ -110,6 +110,10 @@ class _Query:
     def snapshot(self, now: float) -> Execution:
         end = self.finished if self.finished is not None else now
         started = self.started if self.started is not None else end
+        # Whole milliseconds, as Athena gives them, that add up: the queue and the run
+        # make the total, and the completion is the submission plus the total, so the
+        # start a client takes from them (submission plus queue) is never after it.
+        queue_ms, total_ms = _ms(started - self.submitted), _ms(end - self.submitted)
         return Execution(
             id=self.id,
             sql=self.sql,
@@ -122,12 +126,10 @@ class _Query:
             reason=self.reason,
             failure=self.failure,
             submitted_at=self.submitted_at,
-            completed_at=None
-            if self.finished is None
-            else self.submitted_at + end - self.submitted,
-            queue_ms=_ms(started - self.submitted),
-            engine_ms=_ms(end - started),
-            total_ms=_ms(end - self.submitted),
+            completed_at=None if self.finished is None else self.submitted_at + total_ms / 1000,
+            queue_ms=queue_ms,
+            engine_ms=total_ms - queue_ms,
+            total_ms=total_ms,
             # Nothing is scanned from S3 here: the size of the result file stands in
             # (nothing for a reused result, as in Athena).
             scanned_bytes=0 if self.reused else self.result_bytes,

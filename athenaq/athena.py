@@ -469,8 +469,12 @@ class Athena:
             logger.warning("the Athena endpoint lacks BatchGetQueryExecution; asking per id")
         self.has_batch = False
 
-    async def stop(self, execution_id: str) -> None:
-        await self._call("stop_query_execution", QueryExecutionId=execution_id)
+    async def stop(self, execution_id: str, *, single_attempt: bool = False) -> None:
+        """Ask Athena to stop an execution; a stop repeated is harmless. The poller's
+        repeats of a cancel's stop are tried once: it sends them again later anyway."""
+        await self._call(
+            "stop_query_execution", single_attempt=single_attempt, QueryExecutionId=execution_id
+        )
 
     async def result_pages(self, execution_id: str) -> AsyncGenerator[ResultPage, None]:
         """GetQueryResults pages of up to 1000 rows, header row removed."""

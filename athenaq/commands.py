@@ -247,11 +247,18 @@ class Commands:
             await self.policy.admit(
                 caller, current.query_text, current.database_name, current.workgroup
             )
+            now = utcnow()
             changes = {
                 **dict.fromkeys(EXECUTION_FIELDS),
                 "run": current.run + 1,
                 "lease_holder": self.machine.lease.holder,
-                "lease_expires_at": self.machine.lease.expires(utcnow()),
+                "lease_expires_at": self.machine.lease.expires(now),
+                # The new run has timeout_seconds from now.
+                "timeout_at": (
+                    now + timedelta(seconds=current.timeout_seconds)
+                    if current.timeout_seconds is not None
+                    else None
+                ),
             }
             refreshed = await self.machine.apply(
                 current,

@@ -140,6 +140,8 @@ class Launcher:
             current = written or await self.store.get(query_id)
             if current is None or current.state != QueryState.QUEUED or current.athena_execution_id:
                 return
+            if current.timed_out(utcnow()):
+                return  # past its deadline: the poller times it out (athenaq/timeouts.py)
             if current.admitted_at is None:
                 self.admit_soon()  # not admitted yet: an admission sends it when it is
                 return

@@ -22,7 +22,7 @@ from athenaq.clock import in_order, utcnow
 from athenaq.errors import (
     TooManyQueries,
 )
-from athenaq.identity import POLLER, Caller
+from athenaq.identity import POLLER, TIMEOUT, Caller
 from athenaq.schemas import STATUS
 from athenaq.states import (
     NO_OPTIONS,
@@ -44,6 +44,8 @@ Q = QueryState
 RACE_RETRIES = 5
 # When a caller at its max_running may try again: queries take seconds at the least.
 RUNNING_LIMIT_RETRY_SECONDS = 5
+# The state_reason of a query that ran past its timeout_seconds.
+TIMEOUT_REASON = "timed out after {seconds} s"
 # A query's times after its submitted_at, in the order of its life (see _times_in_order).
 TIMES = ("started_at", "completed_at", "results_at")
 
@@ -226,6 +228,11 @@ class Machine:
             moved = await self.apply(
                 current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
             )
+        elif execution.state == Q.CANCELLED and (
+            current.cancel_requested_at is None and current.timed_out(utcnow())
+        ):
+            # The stop of its timeout (athenaq/timeouts.py), from whichever process.
+            moved = await self.time_out(current, execution.statistics)
         elif execution.state == Q.CANCELLED:
             reason = (
                 "cancelled by client"
@@ -240,6 +247,15 @@ class Machine:
         if moved is None:
             raise _RaceLost
         return None
+
+    async def time_out(
+        self, current: QueryRecord, changes: Mapping[str, Any] | None = None
+    ) -> QueryRecord | None:
+        """End `current`, past its deadline (timeout_at), FAILED `timed out after N s`, by
+        `timeout`: one not sent to Athena, or one whose stop Athena confirmed (CANCELLED,
+        with its statistics in `changes`). None when the compare-and-set lost."""
+        reason = TIMEOUT_REASON.format(seconds=current.timeout_seconds)
+        return await self.apply(current, Event.FAIL, by=TIMEOUT, reason=reason, changes=changes)
 
     async def execution_lost(self, query_id: str, execution_id: str, message: str) -> None:
         """Athena no longer knows the execution (expired history): the query cannot finish."""

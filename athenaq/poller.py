@@ -10,7 +10,8 @@ result never delays the polling of the other queries, and a tiny one (stored fro
 first page) never waits behind large ones. Results that could not be written (a full
 disk) are tried again after one interval, then after twice as long each time, up to a
 minute. A store out of reach skips ticks the same way, up to a few intervals, and
-polling resumes by itself once it answers.
+polling resumes by itself once it answers. Each tick also times out the queries past
+their deadline (athenaq/timeouts.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from athenaq.states import Lease, QueryRecord, QueryState
 from athenaq.store import Store
 from athenaq.storing import ResultsStorer
 from athenaq.tasks import TaskRegistry
+from athenaq.timeouts import TIME_OUT, Timeouts
 
 Q = QueryState
 # A worker of `_bounded` lets other callbacks run at least this often (seconds): the
@@ -96,6 +98,13 @@ class Poller:
         self.status_deadline = min(
             athena.call_timeout, max(interval_seconds, MIN_STATUS_DEADLINE_SECONDS)
         )
+        self.timeouts = Timeouts(
+            athena,
+            machine,
+            tasks,
+            interval_seconds=interval_seconds,
+            call_deadline=self.status_deadline,
+        )
         # Executions whose results could not be written: the latest wait (seconds, before
         # jitter), and when (time.monotonic()) they are tried again. Athena is not asked about them
         # meanwhile: their executions have SUCCEEDED and stay so.
@@ -137,6 +146,9 @@ class Poller:
         if self._tick_task is not None:
             await asyncio.gather(self._tick_task, return_exceptions=True)
         await self.launcher.wait()
+        # A timeout's stop cut here may not have reached Athena: the process that takes
+        # the query over sends it again.
+        await self.tasks.cancel(TIME_OUT)
         storing = self.tasks.keys(DOWNLOAD)
         try:
             released = await self.store.release(self.lease.holder, keep=storing)
@@ -191,7 +203,9 @@ class Poller:
             self._store_backoff = 0.0
         # Each pass over thousands of records takes a few ms: the loop runs between them.
         await asyncio.sleep(0)
-        self.launcher.resume(records)
+        # The ones past their deadline and never sent time out instead of being sent.
+        unsent = self.timeouts.sweep(records)
+        self.launcher.resume([r for r in records if r.id not in unsent] if unsent else records)
         self._forget_retries({r.athena_execution_id for r in records})
         await asyncio.sleep(0)
         now = time.monotonic()
@@ -218,6 +232,7 @@ class Poller:
             await self._bounded(
                 self.machine.execution_lost(watched[i].id, i, message) for i, message in missing
             )
+            self.timeouts.stop_due((watched[e.execution_id], e) for e in executions)
         logger.debug(
             "poll tick",
             held=len(records),

@@ -292,6 +292,7 @@ class StatusSchema(StateSchema):
     result_reuse_minutes = fields.Integer(allow_none=True)
     reused_previous_result = fields.Boolean(allow_none=True)
     timeout_seconds = fields.Integer(allow_none=True)
+    timeout_at = Timestamp()
     callback_url = fields.String(allow_none=True)
     athena_query_execution_id = fields.String(attribute="athena_execution_id", allow_none=True)
     submitted_at = Timestamp()

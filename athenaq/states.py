@@ -142,6 +142,10 @@ class QueryRecord:
     def is_finished(self) -> bool:
         return self.state.is_finished
 
+    def timed_out(self, now: datetime) -> bool:
+        """Whether the current run's deadline (timeout_at) has passed at `now`."""
+        return self.timeout_at is not None and self.timeout_at <= now
+
 
 # The fields of a QueryRecord that belong to one Athena execution: a refresh clears them,
 # so nothing of the old execution survives it (its Athena slot included).

@@ -10,7 +10,8 @@ how to fail, so each query scripts its own life with a line comment, e.g.
 Keys: queue_ms, run_ms, hold (RUNNING until released or stopped), fail (reason),
 columns + rows, generate (N rows), scanned_bytes, start_throttle (K throttled starts),
 start_invalid (message), results_delay_ms (per GetQueryResults call), stop_ms (how
-long a stop takes to be confirmed), s3 ("denied", "missing" or "malformed": how S3
+long a stop takes to be confirmed), stop_throttle (K: the first K StopQueryExecution
+calls are answered TooManyRequestsException), s3 ("denied", "missing" or "malformed": how S3
 GetObject answers for the result object), s3_stall_after (N bytes: S3 GetObject sends
 the first N bytes of the result object, then holds the rest, and the end of the body,
 until the test calls `AthenaDouble.release_s3(execution_id)`; from then on the object is
@@ -471,6 +472,8 @@ class ScriptedEngine(Engine):
         with self._lock:
             e, now = self._get(query_id), time.monotonic()
             e.stop_calls += 1
+            if e.stop_calls <= int(e.script.get("stop_throttle", 0)):
+                raise TooManyQueries("stop_throttle")
             if e.state(now) in ACTIVE:  # real Athena leaves a finished query alone
                 # stop_ms: Athena takes that long to confirm the stop, as it may in AWS.
                 e.finish(State.CANCELLED, STOPPED_BY_USER, now + e.seconds("stop_ms"))

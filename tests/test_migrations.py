@@ -124,6 +124,7 @@ BEFORE_OPTIONS = {
     "result_reuse_minutes": None,
     "reused_previous_result": None,
     "timeout_seconds": None,
+    "timeout_at": None,
     "callback_url": None,
     "callback": None,
 }

@@ -685,6 +685,33 @@ reject "$(query_json "$FAST_SQL")" application/json 400 validation_error Idempot
 IDEMPOTENCY_KEY=""
 wait_state "$KEYED_ID" SUCCEEDED QUEUED RUNNING
 
+# --- 11a. Times in order; timeout_seconds: the slow query stopped, FAILED -----------
+# The times a status shows keep the order of a query's life (ISO text of one width
+# compares as time).
+request GET "/query/$FAST_ID/status"
+expect_status 200
+expect_jq 'submitted_at <= started_at <= completed_at <= results_at' \
+    '[.submitted_at, .started_at, .completed_at, .results_at] as $t
+     | ($t | all(type == "string")) and $t == ($t | sort)'
+pass "submitted_at <= started_at <= completed_at <= results_at"
+jq -n --arg q "$SLOW_SQL" '{query: $q, timeout_seconds: 1}' >"$TMP/timeout.json"
+request POST /query "@$TMP/timeout.json"
+TIMEOUT_ID=$(expect_accepted)
+LIVE="$LIVE $TIMEOUT_ID"
+pass "$(json .state) id=$TIMEOUT_ID"
+wait_state "$TIMEOUT_ID" FAILED QUEUED RUNNING
+LIVE=${LIVE//$TIMEOUT_ID/}
+expect_jq 'state_reason "timed out after 1 s", timeout_seconds 1, timeout_at after submitted_at' \
+    '.state_reason == "timed out after 1 s" and .timeout_seconds == 1
+     and (.timeout_at | type == "string" and test($ts)) and .timeout_at > .submitted_at' \
+    --arg ts "$TIMESTAMP_RE"
+pass "state_reason: $(json .state_reason), timeout_at=$(json .timeout_at)"
+request GET "/query/$TIMEOUT_ID/history"
+expect_status 200
+expect_jq 'a last move to FAILED by timeout' \
+    '.transitions[-1] | .to == "FAILED" and .by == "timeout" and .reason == "timed out after 1 s"'
+pass "FAILED by $(json '.transitions[-1].by')"
+
 # --- 12. With a key: none or a wrong one answers 401, the status names the owner ----
 if [[ -n ${ATHENAQ_KEY:-} ]]; then
     request GET "/query/$FAST_ID/status"

@@ -474,7 +474,9 @@ class ScriptedEngine(Engine):
             e.stop_calls += 1
             if e.stop_calls <= int(e.script.get("stop_throttle", 0)):
                 raise TooManyQueries("stop_throttle")
-            if e.state(now) in ACTIVE:  # real Athena leaves a finished query alone
+            # Real Athena leaves a finished query alone, and a stop repeated while the
+            # first is under way does not put off its end.
+            if e.state(now) in ACTIVE and e.forced is None:
                 # stop_ms: Athena takes that long to confirm the stop, as it may in AWS.
                 e.finish(State.CANCELLED, STOPPED_BY_USER, now + e.seconds("stop_ms"))
 

@@ -189,6 +189,7 @@ class Service:
                 workgroup=config.athena.workgroup,
                 catalog=config.athena.catalog,
                 callback_hosts=config.webhooks.allowed_hosts,
+                cancel_wait=config.athena.cancel_wait_seconds,
             )
             interval = config.poller.interval_seconds
             cap = AdaptiveCap(
@@ -209,6 +210,7 @@ class Service:
                 max_calls=config.poller.max_concurrent_calls,
                 max_downloads=config.poller.max_concurrent_downloads,
                 max_stores=config.poller.max_concurrent_stores,
+                cancel_wait=config.athena.cancel_wait_seconds,
             )
             price = config.athena.price_per_tb_usd
             self._ctx = Context(

@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from athenaq.athena import Athena, AthenaCallError
+from loguru import logger
+
+from athenaq.athena import Athena, AthenaCallError, Execution
 from athenaq.cachekey import cache_key
 from athenaq.clock import utcnow
 from athenaq.config import host_key
@@ -99,6 +101,7 @@ class Commands:
         workgroup: str,
         catalog: str = DEFAULT_CATALOG,
         callback_hosts: tuple[str, ...] = (),
+        cancel_wait: float,
     ) -> None:
         self.machine = machine
         self.store = store
@@ -113,6 +116,9 @@ class Commands:
         self.catalog = catalog
         # The hosts a callback_url may name (webhooks.allowed_hosts).
         self.callback_hosts = callback_hosts
+        # How long a cancel waits for Athena to take and confirm its stop
+        # (athena.cancel_wait_seconds).
+        self.cancel_wait = cancel_wait
 
     async def submit(
         self,
@@ -279,8 +285,9 @@ class Commands:
         """Stop an unfinished query of `caller`'s in Athena.
 
         Returns the record and whether the query is CANCELLED now (Athena confirmed the
-        stop). When Athena has not confirmed yet the poller finishes the cancel. A query
-        that finished in Athena first keeps its outcome: QueryFinished."""
+        stop). When Athena has not confirmed it within `cancel_wait` seconds, out of reach
+        or only slow, the poller finishes the cancel. A query that finished in Athena first
+        keeps its outcome: QueryFinished."""
         async with self.machine.lock(query_id):
             for _ in range(RACE_RETRIES):
                 current = await self.lookup.get(query_id, caller)
@@ -304,13 +311,7 @@ class Commands:
         raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
 
     async def _stop(self, query_id: str, execution_id: str, by: str) -> tuple[QueryRecord, bool]:
-        try:
-            await self.athena.stop(execution_id)
-        except AthenaCallError as exc:
-            if not exc.is_client_error:
-                raise ServiceUnavailable("Athena did not take the stop; try again") from exc
-            # Athena refused the stop: the execution is finished there; ask what it became.
-        execution = await self.athena.settled(execution_id)
+        execution = await self._stop_within(query_id, execution_id)
         if execution is not None and execution.state in (Q.SUCCEEDED, Q.FAILED):
             raise QueryFinished(
                 query_id, execution.state, "it finished in Athena before the stop arrived"
@@ -333,6 +334,32 @@ class Commands:
             if cancelled is not None:
                 return cancelled, True
         raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
+
+    async def _stop_within(self, query_id: str, execution_id: str) -> Execution | None:
+        """Send Athena the stop and ask what became of the execution, for at most
+        `cancel_wait` seconds: Athena's latest answer, or None when it did not take the
+        stop in that time for a passing reason (out of reach, throttled, slow). The cancel
+        is recorded either way (`cancel_requested_at`), and the poller sends the stop again
+        until Athena reports the execution ended."""
+        try:
+            async with asyncio.timeout(self.cancel_wait):
+                try:
+                    await self.athena.stop(execution_id)
+                except AthenaCallError as exc:
+                    if not exc.is_client_error:
+                        raise
+                    # Athena refused the stop: the execution is finished there; ask what
+                    # it became.
+                return await self.athena.settled(execution_id)
+        except (AthenaCallError, TimeoutError) as exc:
+            logger.info(
+                "Athena did not take the stop in time; the poller sends it again",
+                query_id=query_id,
+                athena_query_execution_id=execution_id,
+                seconds=self.cancel_wait,
+                error=str(exc) or type(exc).__name__,
+            )
+            return None
 
 
 def _raise_if_finished(record: QueryRecord) -> None:

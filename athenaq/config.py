@@ -88,6 +88,9 @@ class AthenaConfig:
     # The longest one Athena or S3 call may take, its retries included (a result
     # object's body: the longest wait for its next bytes).
     call_timeout_seconds: float = 10.0
+    # The longest a cancel waits for Athena to take its stop and confirm it; past it the
+    # cancel answers 202 (requested) and the poller sends the stop again until it holds.
+    cancel_wait_seconds: float = 2.0
     # Executions athenaq has running in Athena at once, across every process sharing the
     # store; beyond it queries wait QUEUED for a slot, in a fair order across owners.
     max_running: int = 20
@@ -341,6 +344,9 @@ class AthenaSchema(_Section):
     )
     call_timeout_seconds = fields.Float(
         load_default=AthenaConfig.call_timeout_seconds, validate=validate.Range(min=0.1, max=600)
+    )
+    cancel_wait_seconds = _Seconds(
+        load_default=AthenaConfig.cancel_wait_seconds, validate=validate.Range(min=0.1, max=600)
     )
     max_running = fields.Integer(
         strict=True,

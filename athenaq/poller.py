@@ -11,7 +11,9 @@ first page) never waits behind large ones. Results that could not be written (a 
 disk) are tried again after one interval, then after twice as long each time, up to a
 minute. A store out of reach skips ticks the same way, up to a few intervals, and
 polling resumes by itself once it answers. Each tick also times out the queries past
-their deadline (athenaq/timeouts.py).
+their deadline (athenaq/timeouts.py). A query whose cancel was asked for, but which
+Athena still reports QUEUED or RUNNING (the cancel's stop never reached it, or it is slow
+to stop), gets its stop sent again, as a task of its own, with the same kind of backoff.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from loguru import logger
 from tornado.ioloop import PeriodicCallback
 
 from athenaq.athena import BATCH_LIMIT, Athena, AthenaCallError, Execution
+from athenaq.clock import utcnow
 from athenaq.errors import StoreUnavailable
 from athenaq.launcher import Launcher
 from athenaq.machine import Machine
@@ -48,6 +51,14 @@ MIN_STATUS_DEADLINE_SECONDS = 1.0
 TICK_HISTORY = 100
 # The kind of background task that stores a query's results (see TaskRegistry).
 DOWNLOAD = "download"
+# The kind of background task that sends a cancel's stop to Athena again.
+STOP = "stop"
+# A cancelled query that Athena still reports QUEUED or RUNNING gets its stop sent again
+# once the cancel is athena.cancel_wait_seconds and one interval old, then after twice as
+# long each time, up to this, give or take STOP_RETRY_JITTER: an endpoint that takes
+# status calls but not stops is not hammered.
+MAX_STOP_RETRY_SECONDS = 60.0
+STOP_RETRY_JITTER = 0.1
 # Results that could not be written are tried again after one interval, then twice as
 # long each time, up to this, give or take STORE_RETRY_JITTER (so that a disk freed at
 # once is not hit by every waiting query in the same instant).
@@ -75,6 +86,7 @@ class Poller:
         max_calls: int = 10,
         max_downloads: int = 4,
         max_stores: int = 32,
+        cancel_wait: float = 2.0,
     ) -> None:
         self.store = store
         self.athena = athena
@@ -109,6 +121,12 @@ class Poller:
         # jitter), and when (time.monotonic()) they are tried again. Athena is not asked about them
         # meanwhile: their executions have SUCCEEDED and stay so.
         self._store_retries: dict[str, tuple[float, float]] = {}
+        # Executions whose cancel's stop is to be sent again: the latest wait (seconds,
+        # before jitter; 0 before the first), and when (time.monotonic()) it is due. The
+        # first is due once the cancel is this old: the cancel's own wait for Athena, and
+        # a tick to see whether Athena stopped it meanwhile.
+        self._stop_retries: dict[str, tuple[float, float]] = {}
+        self.first_stop_retry = cancel_wait + interval_seconds
         # When (time.monotonic()) each query's latest store of results ended: a tick that
         # began before it holds that query's record as read before the store's writes (a
         # RUNNING one that is SUCCEEDED now), and must not start storing it again.
@@ -146,9 +164,10 @@ class Poller:
         if self._tick_task is not None:
             await asyncio.gather(self._tick_task, return_exceptions=True)
         await self.launcher.wait()
-        # A timeout's stop cut here may not have reached Athena: the process that takes
-        # the query over sends it again.
+        # A stop cut here may not have reached Athena: the timeout or the cancel is
+        # recorded, and the process that takes the query over sends it again.
         await self.tasks.cancel(TIME_OUT)
+        await self.tasks.cancel(STOP)
         storing = self.tasks.keys(DOWNLOAD)
         try:
             released = await self.store.release(self.lease.holder, keep=storing)
@@ -207,6 +226,7 @@ class Poller:
         unsent = self.timeouts.sweep(records)
         self.launcher.resume([r for r in records if r.id not in unsent] if unsent else records)
         self._forget_retries({r.athena_execution_id for r in records})
+        self._forget_stops({r.athena_execution_id for r in records if r.cancel_requested_at})
         await asyncio.sleep(0)
         now = time.monotonic()
         # Stores that ended before this tick began are in what its claim read.
@@ -233,6 +253,13 @@ class Poller:
                 self.machine.execution_lost(watched[i].id, i, message) for i, message in missing
             )
             self.timeouts.stop_due((watched[e.execution_id], e) for e in executions)
+            for execution in executions:
+                record = watched[execution.execution_id]
+                if record.cancel_requested_at is not None and execution.state in (
+                    Q.QUEUED,
+                    Q.RUNNING,
+                ):
+                    self._stop_again(record, execution.execution_id)
         logger.debug(
             "poll tick",
             held=len(records),
@@ -298,6 +325,43 @@ class Poller:
     def _waiting_to_store(self, execution_id: str, now: float) -> bool:
         retry = self._store_retries.get(execution_id)
         return retry is not None and retry[1] > now
+
+    def _stop_again(self, record: QueryRecord, execution_id: str) -> None:
+        """Send the stop of `record`'s cancel again, as a task of its own (a tick never
+        waits for it), when it is due; Athena still runs the execution."""
+        now = time.monotonic()
+        wait, due = self._stop_retries.get(execution_id, (0.0, None))
+        if due is None:
+            # Due once the cancel is first_stop_retry old; never later than that from now,
+            # whatever the clock of the process that recorded the cancel.
+            assert record.cancel_requested_at is not None
+            age = (utcnow() - record.cancel_requested_at).total_seconds()
+            due = now + min(self.first_stop_retry, max(0.0, self.first_stop_retry - age))
+            self._stop_retries[execution_id] = (0.0, due)
+        if due > now or self.tasks.running(STOP, record.id):
+            return
+        wait = min(wait * 2, MAX_STOP_RETRY_SECONDS) if wait else self.first_stop_retry
+        jittered = wait * random.uniform(1 - STOP_RETRY_JITTER, 1 + STOP_RETRY_JITTER)
+        self._stop_retries[execution_id] = (wait, now + jittered)
+        self.tasks.spawn(STOP, record.id, self._send_stop(record.id, execution_id))
+
+    async def _send_stop(self, query_id: str, execution_id: str) -> None:
+        fields = {"query_id": query_id, "athena_query_execution_id": execution_id}
+        try:
+            async with asyncio.timeout(self.status_deadline):
+                await self.athena.stop(execution_id, single_attempt=True)
+        except TimeoutError:
+            logger.warning("a cancel's stop got no answer", seconds=self.status_deadline, **fields)
+        except AthenaCallError:
+            pass  # logged by the call; the stop is sent again later
+        else:
+            logger.info("a cancel's stop sent to Athena again", **fields)
+
+    def _forget_stops(self, cancelling: set[str | None]) -> None:
+        """Drop the stops to send again of executions no longer held with a cancel asked
+        for (finished, refreshed, or taken over by another process)."""
+        for execution_id in self._stop_retries.keys() - cancelling:
+            del self._stop_retries[execution_id]
 
     def _forget_retries(self, unfinished: set[str | None]) -> None:
         """Drop the retries of executions no longer tracked (finished, cancelled,

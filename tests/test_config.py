@@ -36,6 +36,7 @@ def test_a_v1_file_gets_the_defaults() -> None:
     assert config.poller.max_concurrent_stores == 32
     assert config.results.store_retry_minutes == 60.0
     assert config.results.retention_days is None
+    assert config.athena.cancel_wait_seconds == 2.0
 
 
 @pytest.mark.parametrize(
@@ -61,6 +62,8 @@ def test_a_v1_file_gets_the_defaults() -> None:
         ("poller", "max_concurrent_downloads", 65),
         ("poller", "max_concurrent_stores", 0),
         ("poller", "max_concurrent_stores", 257),
+        ("athena", "cancel_wait_seconds", 0),
+        ("athena", "cancel_wait_seconds", "2"),
         ("results", "store_retry_minutes", -1),
         ("results", "store_retry_minutes", "60"),
         ("results", "store_retry_minutes", True),

@@ -135,7 +135,19 @@ class Launcher:
         """Send a QUEUED query that has no Athena execution yet to Athena.
 
         A throttled or failed call leaves it QUEUED for the poller to try again;
-        Athena refusing the query itself fails it."""
+        Athena refusing the query itself fails it. So does the store out of reach: a
+        start sent but not recorded is sent again with its token, and Athena answers with
+        the same execution."""
+        try:
+            await self._launch(query_id, written)
+        except StoreUnavailable as exc:
+            logger.warning(
+                "the store is unavailable; the query is sent again later",
+                query_id=query_id,
+                error=exc.message,
+            )
+
+    async def _launch(self, query_id: str, written: QueryRecord | None) -> None:
         async with self.machine.lock(query_id):
             current = written or await self.store.get(query_id)
             if current is None or current.state != QueryState.QUEUED or current.athena_execution_id:

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pytest
+from loguru import logger
 from tornado.httpclient import HTTPResponse
 
 from athenaq.app import Service
@@ -363,3 +364,35 @@ async def test_a_cancel_from_outside_passes_through_a_deadline() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_start_the_store_cannot_record_is_sent_again_with_its_token(
+    outage: Outage,
+    double: AthenaDouble,
+    tmp_path: Path,
+    start_service: Callable[[Config], Awaitable[Service]],
+) -> None:
+    """The store goes out of reach while a start is in Athena: the execution id cannot be
+    recorded. That is a warning, not an error; the poller sends the query again once the
+    store answers, with the same token, and Athena runs it once."""
+    config = make_config(outage.url, double.url, tmp_path / "results", store_timeout=1.5)
+    service = await start_service(config)
+    client = Client(service.url)
+    logged: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: logged.append((m.record["level"].name, m.record["message"])))
+    try:
+        # Athena makes the execution at once and answers the start a moment later.
+        query_id = await client.submit('SELECT 1\n-- double: {"start_stall_ms": 500}')
+        await wait_for(double.executions, what="the execution in Athena")
+        start = next(iter(outage.ways.values()))
+        await start()
+        unrecorded = ("WARNING", "the store is unavailable; the query is sent again later")
+        await wait_for(lambda: unrecorded in logged, what="the start to meet the outage")
+        outage.heal()
+        status = await client.wait_state(query_id, "SUCCEEDED", "FAILED", timeout=30)
+    finally:
+        logger.remove(sink)
+    assert status["state"] == "SUCCEEDED", status
+    [token] = double.executions().values()  # one execution: the start sent again got it
+    assert token is not None and token.startswith(f"athenaq-{query_id}-"), token
+    assert not [message for level, message in logged if level in ("ERROR", "CRITICAL")]

@@ -39,6 +39,8 @@ SINGLE_ATTEMPT = {"mode": "standard", "total_max_attempts": 1}
 # reach delays the results by about a second, not by a full round of backoffs.
 S3_ATTEMPTS = {"mode": "standard", "total_max_attempts": 2}
 BATCH_LIMIT = 50
+# Connections each client (Athena, Athena tried once, S3) keeps open at most.
+POOL_CONNECTIONS = 50
 PAGE_ROWS = 1000
 # Bytes asked of the S3 body per read: large enough that the hop to a worker thread per
 # chunk costs nothing next to storing it, small enough to bound the memory of one read.
@@ -63,7 +65,7 @@ def client_config(
         retries=retries,
         connect_timeout=call_timeout,
         read_timeout=call_timeout,
-        max_pool_connections=50,
+        max_pool_connections=POOL_CONNECTIONS,
         user_agent=user_agent,
         **extra,
     )

@@ -2,7 +2,7 @@
 store cut and an Athena cut, watched for leaks, lost or stuck queries, and 5xx answers.
 
     python bench/soak.py                  # the figure run: 10 minutes
-    python bench/soak.py --minutes 0.2    # a smoke run of about 20 s, for CI
+    python bench/soak.py --minutes 0.1    # a smoke run of about 50 s, for CI
 
 Starts, as separate processes, the scripted Athena endpoint (tests/athena_double.py) and
 three `athenaq serve` on one fresh MariaDB database and one results folder. Each reaches
@@ -16,20 +16,31 @@ run by this process (tests/tcpproxy.py), so that the middle of the run can cut t
 The load comes from this process at `--rate` requests per second, spread over the three
 processes: submits (scripted queries that run 0 to 2 s, a tenth failing by script, some
 running 5 to 20 s for cancels to catch, some of 20,000 rows), status reads, CSV
-downloads (their rows counted), cancels and refreshes. Every answer is counted by phase;
-any 5xx but 503 is printed when it comes. The RSS and open descriptors of each athenaq
-process (/proc/<pid>/status, /proc/<pid>/fd) are printed every minute (more often in a
-run shorter than five minutes).
+downloads (their rows counted), cancels and refreshes. Every answer is counted by phase
+(the cancels' answers and the slowest apart); any 5xx but 503 is printed when it comes.
+
+Every minute (more often in a run shorter than five minutes), each athenaq process's RSS
+(/proc/<pid>/status) and its descriptors (/proc/<pid>/fd), told apart by what they are
+(sockets by their ports in /proc/net/tcp): its store pool's connections (to the store's
+proxy), its Athena and S3 clients' (to the endpoint's proxy), requests' connections (to
+its own port), result files open, and the other descriptors (its listening socket, the
+event loop's, the log, other files). Each count is the fewest of ten reads over a
+second (those held: those of the requests and calls in flight come and go), and the
+most. After the load has ended and the queries with it, the last sample waits until the
+clients have closed their idle connections.
 
 After the load, the queries are given time to end; then the benchmark prints the lost
 ones (accepted, then unknown), the stuck ones (still QUEUED or RUNNING), the ones whose
 end is not their script's (a FAILED query that had no failure scripted), downloads with
 the wrong row count, histories that are no legal path, ERROR lines in the logs, and each
-process's exit status after SIGTERM. Goals: RSS and descriptors flat (every sample
-within 10% of the one at the end of the warm-up, the first minute), 0 lost, 0 stuck,
-0 unexpected 5xx. It exits non-zero when a query is lost, stuck or ended wrong, a 5xx
-other than 503 or a request without an answer happened, or a process did not exit 0;
-not on RSS or descriptors.
+process's exit status after SIGTERM. Goals: RSS flat (every sample within 10% of the
+one at the end of the warm-up, two minutes, in which the pools grow to the concurrency
+the load reaches); the pools' connections within the pools' sizes at every read
+(database.pool_size; 50 for each of the three AWS clients); the other descriptors flat
+(within 10%, as RSS); idle at the end, no request's connection, result file, or Athena
+or S3 connection left; 0 lost, 0 stuck, 0 unexpected 5xx. It exits non-zero when a
+query is lost, stuck or ended wrong, a 5xx other than 503 or a request without an answer
+happened, or a process did not exit 0; not on RSS or descriptors.
 
 Needs MariaDB at --db (root, empty password by default; the database
 `athenaq_soak_<pid>` is made and dropped) and `pip install -e . --group bench`.
@@ -55,9 +66,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from aiobotocore.config import AioConfig
 from service import execute
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
+from athenaq.athena import POOL_CONNECTIONS
+from athenaq.config import DatabaseConfig
 from athenaq.store import Store
 from results import (
     AWS_ENV,
@@ -81,8 +95,9 @@ PROCESSES = 3
 # Of the run: when the store is cut, then the Athena endpoint.
 STORE_CUT_AT = 0.40
 ATHENA_CUT_AT = 0.65
-# The warm-up: the first minute, or the first fifth of a shorter run.
-WARMUP_SECONDS = 60.0
+# The warm-up: two minutes, long enough for the pools to grow to the concurrency the load
+# reaches, or the first fifth of a shorter run.
+WARMUP_SECONDS = 120.0
 WARMUP_SHARE = 0.2
 FLAT_WITHIN = 0.10
 # Requests in flight at most; a request due beyond it is skipped (and counted).
@@ -98,6 +113,22 @@ LARGE_ROWS = 20_000
 LONG_RUN_SECONDS = (5.0, 20.0)
 # Descriptors are read this many times over a second at each sample.
 FD_READS = 10
+# What each descriptor of an athenaq process is: a connection of its store pool (to the
+# store's proxy), of its Athena and S3 clients (to the endpoint's proxy), a request's
+# connection (to its own port), a result file open, or anything else (its listening
+# socket, the event loop's own descriptors, the log, other files).
+STORE, ATHENA, REQUESTS, RESULTS, OTHER = "store", "athena", "requests", "results", "other"
+CLASSES = (STORE, ATHENA, REQUESTS, RESULTS, OTHER)
+# Connections the Athena and S3 clients of a process (Athena, Athena tried once, S3) keep
+# open at most, together.
+ATHENA_POOL = 3 * POOL_CONNECTIONS
+# The clients close a connection idle this long (aiohttp's keep-alive under aiobotocore),
+# looking for them once per that time: after the load, the last sample waits out twice
+# that, and a few ticks more.
+KEEPALIVE_SECONDS = float(AioConfig().connector_args["keepalive_timeout"])
+IDLE_SECONDS = 2 * KEEPALIVE_SECONDS + 3.0
+# /proc/net/tcp's hex code of a listening socket.
+TCP_LISTEN = "0A"
 
 
 @dataclass
@@ -107,7 +138,9 @@ class Tracked:
     kind: str
     rows: int
     state: str = "QUEUED"
-    # A cancel was accepted (200 or 202): CANCELLED is then a right end.
+    # A cancel was accepted (200 or 202), or answered 503, which may have been after its
+    # mark was written (a write cut short by the store may have been done, says the API):
+    # CANCELLED is then a right end.
     cancelled: bool = False
     refreshes: int = 0
 
@@ -120,13 +153,23 @@ class Phase:
     codes: collections.Counter[int] = field(default_factory=collections.Counter)
     latencies: list[float] = field(default_factory=list)
     slowest_503: float = 0.0
+    # The cancels' answers, and the longest one took (seconds).
+    cancels: collections.Counter[int] = field(default_factory=collections.Counter)
+    slowest_cancel: float = 0.0
 
 
 @dataclass
 class Sample:
     at: float  # seconds since the load began
     rss_mb: float
-    fds: int
+    # Per class of descriptor: the fewest of FD_READS reads over a second (those held;
+    # those of the requests and calls in flight come and go), and the most.
+    held: dict[str, int]
+    peak: dict[str, int]
+
+    @property
+    def fds(self) -> int:
+        return sum(self.held.values())
 
 
 class Soak:
@@ -174,6 +217,9 @@ class Soak:
         took = time.monotonic() - began
         phase.codes[response.code] += 1
         phase.latencies.append(took)
+        if path.endswith("/cancel"):
+            phase.cancels[response.code] += 1
+            phase.slowest_cancel = max(phase.slowest_cancel, took)
         what = f"{method} {path} at {base}: {response.code}"
         if response.code == 503:
             phase.slowest_503 = max(phase.slowest_503, took)
@@ -249,7 +295,7 @@ class Soak:
         if query_id is None:
             return await self.status()
         response = await self.request("POST", f"/query/{query_id}/cancel")
-        if response.code in (200, 202):
+        if response.code in (200, 202, 503):
             self.queries[query_id].cancelled = True
         return None
 
@@ -326,50 +372,137 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def tcp_sockets() -> dict[str, tuple[int, int, str]]:
+    """Every TCP socket of this network namespace (the athenaq processes', the proxies')
+    by inode: its local port, its remote port, its state (/proc/net/tcp's hex code)."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote = (int(f.rpartition(":")[2], 16) for f in fields[1:3])
+                found[fields[9]] = (local, remote, fields[3])
+    return found
+
+
+@dataclass(frozen=True)
+class Ports:
+    """What tells an athenaq process's descriptors apart."""
+
+    store: int  # the store proxy's port
+    athena: int  # the Athena endpoint proxy's port
+    results: str  # the results folder
+
+
+def descriptors(
+    pid: int, own_port: int, ports: Ports, tcp: dict[str, tuple[int, int, str]]
+) -> dict[str, int]:
+    """How many descriptors `pid` holds now, by class (see CLASSES)."""
+    counts = dict.fromkeys(CLASSES, 0)
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed since the listing
+        kind = OTHER
+        if target.startswith("socket:["):
+            local, remote, state = tcp.get(target[8:-1], (0, 0, ""))
+            if remote == ports.store:
+                kind = STORE
+            elif remote == ports.athena:
+                kind = ATHENA
+            elif local == own_port and state != TCP_LISTEN:
+                kind = REQUESTS
+        elif target.startswith(ports.results):
+            kind = RESULTS
+        counts[kind] += 1
+    return counts
 
 
 class Watch:
     """RSS and descriptors of each athenaq process, sampled and printed."""
 
-    def __init__(self, pids: list[int], soak: Soak) -> None:
+    def __init__(self, pids: list[int], own_ports: list[int], ports: Ports, soak: Soak) -> None:
         self.pids = pids
+        self.own_ports = dict(zip(pids, own_ports, strict=True))
+        self.ports = ports
         self.soak = soak
         self.samples: dict[int, list[Sample]] = {pid: [] for pid in pids}
 
+    def read(self) -> dict[int, dict[str, int]]:
+        tcp = tcp_sockets()
+        return {pid: descriptors(pid, self.own_ports[pid], self.ports, tcp) for pid in self.pids}
+
     async def sample(self) -> None:
-        """RSS now, and the descriptors held over the next second: the fewest of
-        FD_READS reads, since those of the requests and calls in flight come and go, and
-        a leak shows in the ones that stay."""
+        """RSS now, and the descriptors over the next second by class: the fewest and
+        the most of FD_READS reads."""
         at = self.soak.elapsed()
-        held = {pid: fds(pid) for pid in self.pids}
+        reads = [self.read()]
         for _ in range(FD_READS - 1):
             await asyncio.sleep(1 / FD_READS)
-            held = {pid: min(count, fds(pid)) for pid, count in held.items()}
+            reads.append(self.read())
         parts = []
         for n, pid in enumerate(self.pids):
-            rss = rss_mb(pid)
-            self.samples[pid].append(Sample(at, rss, held[pid]))
-            parts.append(f"athenaq {n + 1}: RSS {rss:6.1f} MB, {held[pid]:3d} fds")
-        print(f"[{at:7.1f} s] " + " | ".join(parts), flush=True)
+            held = {c: min(r[pid][c] for r in reads) for c in CLASSES}
+            peak = {c: max(r[pid][c] for r in reads) for c in CLASSES}
+            sample = Sample(at, rss_mb(pid), held, peak)
+            self.samples[pid].append(sample)
+            classes = ", ".join(f"{c} {held[c]}" for c in CLASSES)
+            parts.append(
+                f"athenaq {n + 1}: RSS {sample.rss_mb:6.1f} MB, {sample.fds:3d} fds ({classes})"
+            )
+        print(f"[{at:7.1f} s] " + "\n            ".join(parts), flush=True)
 
     async def every(self, seconds: float) -> None:
         while True:
             await asyncio.sleep(seconds - (self.soak.elapsed() % seconds))
             await self.sample()
 
-    def flatness(self, warmup: float) -> list[tuple[int, Sample, float, float, int, int]]:
-        """Per process: the sample at the end of the warm-up, and the largest departures
-        of RSS (%) and descriptors (count, and %) from it after."""
-        rows = []
-        for pid, samples in self.samples.items():
+    def judged(self, warmup: float, pool_size: int) -> list[Judged]:
+        """Per process, against the sample at the end of the warm-up: the largest move
+        of RSS and of the other descriptors after it (the idle sample included); the
+        most connections each pool had at any read; and what the idle sample, taken once
+        the load ended and idle connections timed out, still held of what comes and goes."""
+        judged = []
+        for samples in self.samples.values():
             after = [s for s in samples if s.at >= warmup * 0.9]
-            reference = after[0]
-            rss = max(abs(s.rss_mb - reference.rss_mb) for s in after) / reference.rss_mb
-            fds = max(abs(s.fds - reference.fds) for s in after)
-            rows.append((pid, reference, rss, fds / reference.fds, fds, after[-1].fds))
-        return rows
+            reference, idle = after[0], samples[-1]
+            judged.append(
+                Judged(
+                    reference=reference,
+                    idle=idle,
+                    rss=max(abs(s.rss_mb - reference.rss_mb) for s in after) / reference.rss_mb,
+                    other=max(abs(s.held[OTHER] - reference.held[OTHER]) for s in after),
+                    store_peak=max(s.peak[STORE] for s in samples),
+                    athena_peak=max(s.peak[ATHENA] for s in samples),
+                    pool_size=pool_size,
+                )
+            )
+        return judged
+
+
+@dataclass
+class Judged:
+    reference: Sample  # at the end of the warm-up
+    idle: Sample  # after the load, idle
+    rss: float  # the largest move after the warm-up, a share of the reference
+    other: int  # the largest move of the other descriptors after the warm-up
+    store_peak: int
+    athena_peak: int
+    pool_size: int
+
+    @property
+    def other_share(self) -> float:
+        return self.other / max(1, self.reference.held[OTHER])
+
+    @property
+    def pools_bounded(self) -> bool:
+        return self.store_peak <= self.pool_size and self.athena_peak <= ATHENA_POOL
+
+    @property
+    def idle_clear(self) -> bool:
+        """Nothing left of requests, result files, Athena or S3 connections once idle."""
+        return all(self.idle.held[c] == 0 for c in (REQUESTS, RESULTS, ATHENA))
 
 
 async def histories(db_url: str, ids: list[str]) -> tuple[list[str], int]:
@@ -475,7 +608,12 @@ async def run(processes: Processes, work: Path, args: argparse.Namespace) -> int
                 for n, (child, log) in enumerate(zip(children, logs, strict=True))
             ]
             soak = Soak(urls, args)
-            watch = Watch([c.pid for c in children], soak)
+            watch = Watch(
+                [c.pid for c in children],
+                [urlsplit(url).port or 80 for url in urls],
+                Ports(store_proxy.port, athena_proxy.port, str(work / "results")),
+                soak,
+            )
             print(
                 f"{PROCESSES} athenaq processes, {args.rate:g} requests/s for {seconds:g} s;"
                 f" store cut at {STORE_CUT_AT * seconds:.0f} s, Athena cut at"
@@ -503,6 +641,9 @@ async def run(processes: Processes, work: Path, args: argparse.Namespace) -> int
             soak.begin("settling")
             stuck = await soak.settle(SETTLE_SECONDS)
             sampler.cancel()
+            # Idle: no request, nothing left to poll, idle connections timed out.
+            print(f"[{soak.elapsed():7.1f} s] idle for {IDLE_SECONDS:g} s", flush=True)
+            await asyncio.sleep(IDLE_SECONDS)
             await watch.sample()
             finals = {i: q.state for i, q in soak.queries.items()}
             found = await known(direct_db, list(finals))
@@ -578,8 +719,8 @@ def report(
     lines = [
         "",
         "| phase | requests | 2xx | 4xx | 503 | other 5xx | no answer | p50 (ms) | p99 (ms)"
-        " | slowest 503 (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | slowest 503 (ms) | cancels: answers | slowest cancel (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for phase in soak.phases:
         codes_ = phase.codes
@@ -587,26 +728,46 @@ def report(
         ok = sum(n for c, n in codes_.items() if 200 <= c < 300)
         client = sum(n for c, n in codes_.items() if 400 <= c < 500)
         other = sum(n for c, n in codes_.items() if c >= 500 and c not in (503, 599))
+        cancels = ", ".join(f"{n} {c}" for c, n in sorted(phase.cancels.items())) or "-"
         lines.append(
             f"| {phase.name} | {total} | {ok} | {client} | {codes_[503]} | {other}"
             f" | {codes_[599]} | {percentile(phase.latencies, 0.5) * 1000:.0f}"
             f" | {percentile(phase.latencies, 0.99) * 1000:.0f}"
-            f" | {phase.slowest_503 * 1000:.0f} |"
+            f" | {phase.slowest_503 * 1000:.0f} | {cancels} | {phase.slowest_cancel * 1000:.0f} |"
         )
     ends = collections.Counter(q.state for q in soak.queries.values())
+    pool_size = DatabaseConfig.pool_size
+    judged = watch.judged(warmup, pool_size)
     lines += [
         "",
-        "| athenaq process | RSS after warm-up (MB) | RSS at the end (MB) | largest RSS move"
-        " after warm-up | fds after warm-up | fds at the end | largest fds move |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "Descriptors held (the fewest of a second's reads) by class, and RSS, per sample:",
     ]
-    flat = True
-    for n, (pid, reference, rss, fds_share, fds_move, fds_end) in enumerate(watch.flatness(warmup)):
-        end = watch.samples[pid][-1]
-        flat = flat and rss <= FLAT_WITHIN and fds_share <= FLAT_WITHIN
+    for n, pid in enumerate(watch.pids):
+        lines += [
+            "",
+            f"| athenaq {n + 1}: at (s) | RSS (MB) | fds | {' | '.join(CLASSES)} |",
+            "|---:" * (3 + len(CLASSES)) + "|",
+        ]
+        for sample in watch.samples[pid]:
+            lines.append(
+                f"| {sample.at:.0f} | {sample.rss_mb:.1f} | {sample.fds} | "
+                + " | ".join(str(sample.held[c]) for c in CLASSES)
+                + " |"
+            )
+    lines += [
+        "",
+        "| athenaq process | RSS after warm-up (MB) | RSS idle (MB) | largest RSS move"
+        f" | most store connections (pool {pool_size}) | most Athena/S3 connections"
+        f" (pools {ATHENA_POOL}) | other fds after warm-up | other fds idle | largest move"
+        " | idle: requests, results, Athena/S3 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for n, j in enumerate(judged):
+        idle = ", ".join(str(j.idle.held[c]) for c in (REQUESTS, RESULTS, ATHENA))
         lines.append(
-            f"| {n + 1} | {reference.rss_mb:.1f} | {end.rss_mb:.1f} | {rss:.1%}"
-            f" | {reference.fds} | {fds_end} | {fds_move} ({fds_share:.0%}) |"
+            f"| {n + 1} | {j.reference.rss_mb:.1f} | {j.idle.rss_mb:.1f} | {j.rss:.1%}"
+            f" | {j.store_peak} | {j.athena_peak} | {j.reference.held[OTHER]}"
+            f" | {j.idle.held[OTHER]} | {j.other} ({j.other_share:.0%}) | {idle} |"
         )
     unexpected = len(soak.unexpected) + len(soak.no_answer)
     lines += [
@@ -622,7 +783,14 @@ def report(
         f"ERROR log lines per process: {[len(e) for e in errors.values()]}; exit statuses"
         f" after SIGTERM: {codes}",
         "",
-        f"RSS and descriptors flat within {FLAT_WITHIN:.0%} after warm-up: {verdict(flat)}",
+        f"RSS flat within {FLAT_WITHIN:.0%} after the warm-up ({warmup:g} s):"
+        f" {verdict(all(j.rss <= FLAT_WITHIN for j in judged))}",
+        f"store and Athena/S3 connections within their pools:"
+        f" {verdict(all(j.pools_bounded for j in judged))}",
+        f"other descriptors flat within {FLAT_WITHIN:.0%} after the warm-up:"
+        f" {verdict(all(j.other_share <= FLAT_WITHIN for j in judged))}",
+        f"idle, no request, result file or Athena/S3 connection left open:"
+        f" {verdict(all(j.idle_clear for j in judged))}",
         f"0 lost, 0 stuck: {verdict(not lost and not stuck)}",
         f"0 unexpected 5xx: {verdict(not unexpected)}",
         "",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import random
 import time
@@ -244,14 +245,16 @@ class Poller:
             executions, missing = await self._fetch(list(watched))
             # Only what Athena changed goes to the machine: a query Athena still reports
             # as the claim read it costs no lock, no read and no write.
-            await self._bounded(
+            down = await self._bounded(
                 self._observe(watched[e.execution_id], e)
                 for e in executions
                 if _changed(watched[e.execution_id], e)
-            )
-            await self._bounded(
+            ) or await self._bounded(
                 self.machine.execution_lost(watched[i].id, i, message) for i, message in missing
             )
+            if down is not None:
+                self._store_down(down)  # gone since the claim: the next ticks wait it out
+                return
             self.timeouts.stop_due((watched[e.execution_id], e) for e in executions)
             for execution in executions:
                 record = watched[execution.execution_id]
@@ -280,6 +283,14 @@ class Poller:
                 stored = await self.storer.store_results(
                     query_id, execution, record, self._large(slot)
                 )
+            except StoreUnavailable as exc:
+                logger.warning(
+                    "the store is unavailable; the results are stored again later",
+                    query_id=query_id,
+                    athena_query_execution_id=execution.execution_id,
+                    error=exc.message,
+                )
+                return
             except Exception:
                 logger.exception(
                     "storing results failed; the next poll tries again",
@@ -443,20 +454,30 @@ class Poller:
             self.athena.batch_missing()  # GetQueryExecution works where the batch call fails
         return executions, missing
 
-    async def _bounded(self, works: Iterable[Awaitable[None]]) -> None:
+    async def _bounded(self, works: Iterable[Awaitable[None]]) -> StoreUnavailable | None:
         """Run `works` concurrently, at most `max_calls` at a time, logging each failure.
 
         A fixed pool of workers takes them one at a time from the iterable, so thousands
         of works never make thousands of tasks at once, and each worker lets the loop run
         other callbacks at least every YIELD_SECONDS (works that finish without waiting,
-        one after another, would hold it otherwise)."""
+        one after another, would hold it otherwise). A work that finds the store out of
+        reach is no bug to log: the works not begun are dropped (the next tick does them
+        again), and the failure is returned."""
         pending = iter(works)
+        down: StoreUnavailable | None = None
 
         async def worker() -> None:
+            nonlocal down
             resumed = time.perf_counter()
             for work in pending:
+                if down is not None:
+                    if inspect.iscoroutine(work):
+                        work.close()  # never begun
+                    continue
                 try:
                     await work
+                except StoreUnavailable as exc:
+                    down = down or exc
                 except Exception:
                     logger.exception("poller step failed")
                 if time.perf_counter() - resumed > YIELD_SECONDS:
@@ -464,6 +485,7 @@ class Poller:
                     resumed = time.perf_counter()
 
         await asyncio.gather(*(worker() for _ in range(self.max_calls)))
+        return down
 
 
 class _Slot:

@@ -396,3 +396,54 @@ async def test_a_start_the_store_cannot_record_is_sent_again_with_its_token(
     [token] = double.executions().values()  # one execution: the start sent again got it
     assert token is not None and token.startswith(f"athenaq-{query_id}-"), token
     assert not [message for level, message in logged if level in ("ERROR", "CRITICAL")]
+
+
+async def test_a_store_lost_in_the_middle_of_a_tick_is_waited_out_not_an_error(
+    outage: Outage,
+    double: AthenaDouble,
+    tmp_path: Path,
+    start_service: Callable[[Config], Awaitable[Service]],
+) -> None:
+    """The store goes out of reach after a tick's claim, while it waits for Athena's
+    answer: the moves Athena's answer asks for and the results to store meet the outage.
+    The poller backs off as when its claim meets it, a download leaves its results for a
+    later tick, nothing is logged as an error, and the queries end as Athena ended them
+    once the store is back."""
+    config = make_config(outage.url, double.url, tmp_path / "results", store_timeout=1.5)
+    service = await start_service(config)
+    client = Client(service.url)
+    ids = [await client.submit(HELD.format(n=n)) for n in range(6)]
+    executions = {}
+    for query_id in ids:
+        executions[query_id] = (await client.wait_state(query_id, "RUNNING"))[
+            "athena_query_execution_id"
+        ]
+    logged: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: logged.append((m.record["level"].name, m.record["message"])))
+    try:
+        ends = {}
+        for n, (query_id, execution_id) in enumerate(executions.items()):
+            ends[query_id] = double.release(execution_id, ("SUCCEEDED", "FAILED")[n % 2])
+        # Athena answers late from now on: the next status call is under way while the
+        # store goes.
+        double.engine.delay_ms = 300
+        asked = double.calls().get("BatchGetQueryExecution", 0)
+        await wait_for(
+            lambda: double.calls().get("BatchGetQueryExecution", 0) > asked,
+            what="a status call after the ends",
+        )
+        start = next(iter(outage.ways.values()))
+        await start()
+        backs_off = ("WARNING", "the store is unavailable; polling backs off")
+        stored_later = ("WARNING", "the store is unavailable; the results are stored again later")
+        await wait_for(
+            lambda: backs_off in logged and stored_later in logged,
+            what="the poller to back off, and a download to meet the outage",
+        )
+        outage.heal()
+        for query_id, state in ends.items():
+            status = await client.wait_state(query_id, "SUCCEEDED", "FAILED", timeout=30)
+            assert status["state"] == state, status
+    finally:
+        logger.remove(sink)
+    assert not [message for level, message in logged if level in ("ERROR", "CRITICAL")]

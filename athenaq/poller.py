@@ -291,6 +291,15 @@ class Poller:
                     error=exc.message,
                 )
                 return
+            except AthenaCallError as exc:
+                # A passing failure (throttled, out of reach): the call logged it already.
+                logger.warning(
+                    "Athena did not give the results; the next poll tries again",
+                    query_id=query_id,
+                    athena_query_execution_id=execution.execution_id,
+                    error=str(exc),
+                )
+                return
             except Exception:
                 logger.exception(
                     "storing results failed; the next poll tries again",

@@ -287,7 +287,12 @@ class Commands:
         Returns the record and whether the query is CANCELLED now (Athena confirmed the
         stop). When Athena has not confirmed it within `cancel_wait` seconds, out of reach
         or only slow, the poller finishes the cancel. A query that finished in Athena first
-        keeps its outcome: QueryFinished."""
+        keeps its outcome: QueryFinished.
+
+        The wait for Athena ends `cancel_wait` seconds after the cancel came, also when
+        the cancel first waited for the query's lock (another cancel of it in flight): a
+        cancel sent twice at once is answered within about that time, not twice it."""
+        deadline = asyncio.get_running_loop().time() + self.cancel_wait
         async with self.machine.lock(query_id):
             for _ in range(RACE_RETRIES):
                 current = await self.lookup.get(query_id, caller)
@@ -307,11 +312,15 @@ class Commands:
                 elif current.cancel_requested_at is not None or await self.store.update(
                     current, {"cancel_requested_at": utcnow()}
                 ):
-                    return await self._stop(query_id, current.athena_execution_id, caller.name)
+                    return await self._stop(
+                        query_id, current.athena_execution_id, caller.name, deadline
+                    )
         raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
 
-    async def _stop(self, query_id: str, execution_id: str, by: str) -> tuple[QueryRecord, bool]:
-        execution = await self._stop_within(query_id, execution_id)
+    async def _stop(
+        self, query_id: str, execution_id: str, by: str, deadline: float
+    ) -> tuple[QueryRecord, bool]:
+        execution = await self._stop_within(query_id, execution_id, deadline)
         if execution is not None and execution.state in (Q.SUCCEEDED, Q.FAILED):
             raise QueryFinished(
                 query_id, execution.state, "it finished in Athena before the stop arrived"
@@ -335,14 +344,16 @@ class Commands:
                 return cancelled, True
         raise ServiceUnavailable(f"query {query_id} kept changing; try the cancel again")
 
-    async def _stop_within(self, query_id: str, execution_id: str) -> Execution | None:
-        """Send Athena the stop and ask what became of the execution, for at most
-        `cancel_wait` seconds: Athena's latest answer, or None when it did not take the
-        stop in that time for a passing reason (out of reach, throttled, slow). The cancel
-        is recorded either way (`cancel_requested_at`), and the poller sends the stop again
+    async def _stop_within(
+        self, query_id: str, execution_id: str, deadline: float
+    ) -> Execution | None:
+        """Send Athena the stop and ask what became of the execution, until `deadline`
+        (the event loop's time): Athena's latest answer, or None when it did not take the
+        stop by then for a passing reason (out of reach, throttled, slow). The cancel is
+        recorded either way (`cancel_requested_at`), and the poller sends the stop again
         until Athena reports the execution ended."""
         try:
-            async with asyncio.timeout(self.cancel_wait):
+            async with asyncio.timeout_at(deadline):
                 try:
                     await self.athena.stop(execution_id)
                 except AthenaCallError as exc:

@@ -6,6 +6,7 @@ finished in Athena first keeps its outcome, and no query fails of the outage."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -211,3 +212,31 @@ async def test_a_stop_athena_is_slow_to_confirm_is_sent_again_with_backoff(
     print(f"slow stop: repeats seen at {[round(s, 3) for s in seen]} s, {calls} stops in all")
     # By the 3 s confirmation: 0.25, 0.5, 1.0, 2.0 s, not one per 50 ms tick.
     assert calls <= 6, calls
+
+
+async def test_a_cancel_sent_twice_at_once_is_answered_within_one_wait(
+    db_url: str,
+    double: AthenaDouble,
+    proxy: TcpProxy,
+    tmp_path: Path,
+    start_service: Callable[[Config], Awaitable[Service]],
+) -> None:
+    # The second cancel waits for the first's hold on the query, then would wait for
+    # Athena as long again: its wait counts from its own arrival instead.
+    wait = 3.0
+    endpoint = f"http://127.0.0.1:{proxy.port}"
+    service = await start_service(
+        cancel_config(db_url, endpoint, tmp_path / "results", cancel_wait_seconds=wait)
+    )
+    client = Client(service.url)
+    query_id = await client.submit(HELD.format(n=0))
+    stopped = await execution_id(client, query_id)
+    proxy.refuse()
+    proxy.cut()
+    took = await asyncio.gather(*(cancel_answered_202(client, query_id) for _ in range(2)))
+    print(f"two cancels at once answered 202 in {took[0]:.3f} and {took[1]:.3f} s")
+    assert max(took) < 2 * wait - 0.5, took
+    proxy.heal()
+    status = await client.wait_state(query_id, "CANCELLED", timeout=30)
+    assert status["state_reason"] == "cancelled by client"
+    assert double.execution(stopped)["state"] == "CANCELLED"

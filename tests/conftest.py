@@ -18,6 +18,7 @@ import inspect
 import itertools
 import json
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -75,12 +76,23 @@ def config_with(path: str, value: Any) -> dict[str, Any]:
     return config
 
 
+# Ports for servers a test starts in another process, below Linux's ephemeral range
+# (32768 and up): a port the kernel handed out would be free again once this function
+# closed its socket, and any connection made before the server binds it (the suites of
+# a parallel CI make thousands) could take it as its own source port meanwhile.
+_TEST_PORTS = range(20_000, 32_768)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on (for a server the test starts itself)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    for port in random.sample(_TEST_PORTS, 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found among 100 tried")
 
 
 DEFAULT_DB_URL = "mysql://root:@127.0.0.1:3306/athenaq_test"

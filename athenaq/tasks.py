@@ -31,10 +31,15 @@ class TaskRegistry:
             return False
         task = asyncio.ensure_future(self._run(kind, key, work))
         self._tasks[name] = task
-        task.add_done_callback(lambda ended: self._forget(name, ended))
+        task.add_done_callback(lambda ended: self._forget(name, ended, work))
         return True
 
-    def _forget(self, name: tuple[str, str], task: asyncio.Task[None]) -> None:
+    def _forget(
+        self, name: tuple[str, str], task: asyncio.Task[None], work: Coroutine[Any, Any, None]
+    ) -> None:
+        # A task cancelled before its first step (a shutdown) never started `work`:
+        # closed here, it is not reported as a coroutine never awaited.
+        work.close()
         if self._tasks.get(name) is task:
             del self._tasks[name]
 

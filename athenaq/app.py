@@ -56,6 +56,9 @@ UNLIMITED_BODY = 2**62
 # per poll interval (the starts of one round are throttled together); each this many
 # intervals without a throttle raise it back by one.
 CAP_QUIET_INTERVALS = 10
+# How long a shutdown waits, once it has cut the connections left, for the downloads it
+# cut to log so: each needs one turn of the loop.
+CUT_DOWNLOADS_SECONDS = 1.0
 
 
 def make_app(ctx: Context, cors_origins: frozenset[str] = frozenset()) -> tornado.web.Application:
@@ -328,3 +331,7 @@ class Service:
             await asyncio.wait_for(self._ctx.in_flight.idle(), seconds)
         self._ctx.cutting.set()
         await self._server.close_all_connections()
+        # Closing a connection ends its serving loop before the download writing to it
+        # resumes: give each cut download its turn to log the cut before the process goes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ctx.downloads.idle(), CUT_DOWNLOADS_SECONDS)

@@ -110,6 +110,8 @@ class Context:
     # Requests per second per caller (auth.requests_per_second); None: no limit.
     rate_limiter: RateLimiter | None = None
     in_flight: RequestsInFlight = field(default_factory=RequestsInFlight)
+    # Downloads being streamed: a shutdown that cuts them waits for each to log its cut.
+    downloads: RequestsInFlight = field(default_factory=RequestsInFlight)
     # Set when a shutdown, its drain time over, closes the connections left: a download
     # cut then was cut by the shutdown, not abandoned by its client.
     cutting: asyncio.Event = field(default_factory=asyncio.Event)

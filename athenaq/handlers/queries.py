@@ -222,6 +222,7 @@ class ResultsHandler(BaseHandler):
         if gzip:
             # Set before the first chunk, so Tornado's own gzip transform leaves it alone.
             self.set_header("Content-Encoding", "gzip")
+        self.ctx.downloads.enter()
         try:
             async with contextlib.aclosing(reader.download(download, gzip=gzip)) as chunks:
                 async for chunk in chunks:
@@ -234,6 +235,8 @@ class ResultsHandler(BaseHandler):
             else:
                 logger.info("download abandoned by the client", query_id=record.id)
             return
+        finally:
+            self.ctx.downloads.leave()
         self.finish()
 
 

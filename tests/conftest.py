@@ -160,6 +160,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.endpoint)
 
 
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """ATHENAQ_TEST_SHARD=K/N keeps every Nth test of those selected, from the Kth, so N
+    environments run one suite in parallel (tox.ini). Taken one in N rather than file by
+    file, each shard gets a like share of every file's slow tests. After `-m` (trylast):
+    the shards split what the environment selected."""
+    shard = os.environ.get("ATHENAQ_TEST_SHARD")
+    if not shard:
+        return
+    index, _, count = shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise pytest.UsageError(f"ATHENAQ_TEST_SHARD={shard!r}: expected K/N, 1 <= K <= N")
+    kept = items[int(index) - 1 :: int(count)]
+    taken = set(kept)
+    config.hook.pytest_deselected(items=[item for item in items if item not in taken])
+    items[:] = kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def json_logs() -> None:
     """The service's own log format, also in the output of failed tests."""

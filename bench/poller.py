@@ -67,6 +67,8 @@ DEFAULT_QUERIES = 300
 DEFAULT_WAIT_SECONDS = 3.0
 DEFAULT_INTERVAL_SECONDS = 1.0
 SUBMIT_CONCURRENCY = 32
+# Tries of one submit answered 503 or 429, each after the Retry-After it gave.
+SUBMIT_ATTEMPTS = 10
 HEALTH_PROBE_SECONDS = 0.05
 # The loop probe's sleep: short enough to see a hold of a few ms, long enough that its
 # own wake-ups cost the server nothing measurable.
@@ -258,14 +260,29 @@ async def submit_all(http: aiohttp.ClientSession, base: str, count: int) -> list
 
     async def submitter() -> None:
         for i in numbers:
-            async with http.post(f"{base}/query", json={"query": query_sql(i)}) as response:
-                body = await response.json()
-            if response.status != 202:
-                raise RuntimeError(f"POST /query: {response.status} {body}")
-            ids.append(body["id"])
+            ids.append(await submit(http, base, i))
 
     await asyncio.gather(*(submitter() for _ in range(SUBMIT_CONCURRENCY)))
     return ids
+
+
+async def submit(http: aiohttp.ClientSession, base: str, i: int) -> str:
+    """POST query `i`, sent again after a 503 or 429 as a client should (a machine this
+    loaded can hold the store past its deadline): its Idempotency-Key makes a repeat the
+    same query, never a second one."""
+    for _ in range(SUBMIT_ATTEMPTS):
+        async with http.post(
+            f"{base}/query",
+            json={"query": query_sql(i)},
+            headers={"Idempotency-Key": f"bench-poller-{i}"},
+        ) as response:
+            body = await response.json()
+        if response.status == 202:
+            return str(body["id"])
+        if response.status not in (429, 503):
+            break
+        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+    raise RuntimeError(f"POST /query: {response.status} {body}")
 
 
 async def check_results(http: aiohttp.ClientSession, base: str, ids: list[str]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from athenaq.athena import Athena, Execution, FirstPage, ResultObjectUnreadable
-from athenaq.results import MalformedResult, ResultFiles
+from athenaq.results import MalformedResult, ResultFiles, Written
 
 
 @dataclass(frozen=True)
@@ -57,25 +57,25 @@ class Ingest:
         started = time.monotonic()
         first = await self.athena.first_page(execution_id, self.first_page_rows or 1)
         if first.whole and self.first_page_rows:
-            rows = await self.results.write_page(query_id, execution_id, first.page)
+            written = await self.results.write_page(query_id, execution_id, first.page)
             source = "api"
         else:
             async with large or contextlib.nullcontext():
-                rows, source = await self._store_large(query_id, execution, first)
+                written, source = await self._store_large(query_id, execution, first)
         logger.info(
             "results stored",
             query_id=query_id,
             athena_query_execution_id=execution_id,
-            row_count=rows,
+            row_count=written.rows,
             results_source=source,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
-        return Stored(rows, source)
+        return Stored(written.rows, source)
 
     async def _store_large(
         self, query_id: str, execution: Execution, first: FirstPage
-    ) -> tuple[int, str]:
-        """Store a result its first page does not hold: its row count and source."""
+    ) -> tuple[Written, str]:
+        """Store a result its first page does not hold: as written, and its source."""
         execution_id = execution.execution_id
         try:
             return await self._copy_object(query_id, execution, first), "s3"
@@ -88,12 +88,12 @@ class Ingest:
                 error_code=exc.code,
                 error=exc.message,
             )
-            rows = await self.results.write(
+            written = await self.results.write(
                 query_id, execution_id, self.athena.result_pages(execution_id)
             )
-            return rows, "api"
+            return written, "api"
 
-    async def _copy_object(self, query_id: str, execution: Execution, first: FirstPage) -> int:
+    async def _copy_object(self, query_id: str, execution: Execution, first: FirstPage) -> Written:
         """Store the result object's bytes; ResultObjectUnreadable if they cannot be used."""
         chunks = self.athena.object_chunks(execution)
         try:

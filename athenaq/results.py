@@ -64,6 +64,15 @@ R = TypeVar("R")
 T_contra = TypeVar("T_contra", contravariant=True)
 
 
+@dataclass(frozen=True)
+class Written:
+    """A result as written: its row count, and the size of its `rows.csv` (header row
+    included) in bytes."""
+
+    rows: int
+    size: int
+
+
 class ResultFiles:
     """The results folder; one directory per query execution."""
 
@@ -99,18 +108,17 @@ class ResultFiles:
 
     async def write(
         self, query_id: str, execution_id: str, pages: AsyncGenerator[ResultPage, None]
-    ) -> int:
-        """Write every page of rows (GetQueryResults') to the execution's result; returns
-        the row count."""
+    ) -> Written:
+        """Write every page of rows (GetQueryResults') to the execution's result."""
         return await self._write(query_id, execution_id, _RowWriter, pages)
 
-    async def write_page(self, query_id: str, execution_id: str, page: ResultPage) -> int:
+    async def write_page(self, query_id: str, execution_id: str, page: ResultPage) -> Written:
         """Write a result given whole in one page (a first GetQueryResults page that is
         also the last): the same files as `write` makes of it, written, synced and renamed
-        into place in one trip to a worker thread. Returns the row count."""
+        into place in one trip to a worker thread."""
         return await _to_thread_whole(self._write_page, self.path(query_id, execution_id), page)
 
-    def _write_page(self, final: Path, page: ResultPage) -> int:
+    def _write_page(self, final: Path, page: ResultPage) -> Written:
         temp = self.directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             temp.mkdir()
@@ -126,7 +134,7 @@ class ResultFiles:
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        return rows
+        return Written(rows, writer.size)
 
     async def copy_csv(
         self,
@@ -135,11 +143,11 @@ class ResultFiles:
         columns: list[Column],
         labels: list[str],
         chunks: AsyncGenerator[bytes, None],
-    ) -> int:
+    ) -> Written:
         """Store a result object, Athena's CSV, as it is: its bytes become `rows.csv`
         and only the row ends are looked for, to make the index. Its header row must
-        name the `columns` (or give their `labels`). Returns the row count; raises
-        MalformedResult when the bytes are not a whole result in Athena's form."""
+        name the `columns` (or give their `labels`). Raises MalformedResult when the
+        bytes are not a whole result in Athena's form."""
 
         def open_writer(directory: Path) -> _CsvCopier:
             return _CsvCopier(directory, columns, labels)
@@ -152,10 +160,10 @@ class ResultFiles:
         execution_id: str,
         open_writer: Callable[[Path], _Writer[T]],
         items: AsyncGenerator[T, None],
-    ) -> int:
+    ) -> Written:
         """Feed every item to a writer in a temporary directory, renamed to the
-        execution's result once complete; returns the row count. When another process
-        stored the same execution first, its result is kept."""
+        execution's result once complete. When another process stored the same
+        execution first, its result is kept."""
         temp = self.directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             await _to_thread_whole(temp.mkdir)
@@ -171,7 +179,7 @@ class ResultFiles:
         except BaseException:
             await _to_thread_whole(shutil.rmtree, temp, True)
             raise
-        return rows
+        return Written(rows, writer.size)
 
     async def open(self, query_id: str, execution_id: str) -> ResultReader:
         """The execution's result, opened; FileNotFoundError when it is gone (refreshed
@@ -221,6 +229,11 @@ class MalformedResult(ValueError):
 class _Writer(Protocol[T_contra]):
     """Writes one result's files in a directory. It opens and closes them on the event
     loop (see _Files); its methods put the rest of the file I/O on worker threads."""
+
+    @property
+    def size(self) -> int:
+        """The bytes of `rows.csv` so far."""
+        ...
 
     async def add(self, item: T_contra) -> None: ...
 
@@ -280,6 +293,10 @@ class _RowWriter:
         self._data_buffer: list[bytes] = []
         self._index_buffer = bytearray()
         self._buffered = 0
+
+    @property
+    def size(self) -> int:
+        return self.offset
 
     async def add(self, page: ResultPage) -> None:
         self._open(page.columns or [])
@@ -345,6 +362,7 @@ class _CsvCopier:
         self.scanner = RowScanner()
         self.header = bytearray()  # the object's first bytes until its header row is whole
         self.row_ends = 0
+        self.size = 0
         self._writing: asyncio.Task[None] | None = None
 
     async def add(self, chunk: bytes) -> None:
@@ -355,6 +373,7 @@ class _CsvCopier:
         if not self.row_ends:
             self._check_header(chunk, ends)
         self.row_ends += len(ends)
+        self.size += len(chunk)
         await self._written()
         self._writing = asyncio.create_task(asyncio.to_thread(self._write, chunk, ends))
 

@@ -94,7 +94,7 @@ async def profile(rows: int, work: Path) -> None:
             stored = await files.copy_csv(
                 "q", execution_id, columns, labels, athena.object_chunks(execution)
             )
-            report(f"ResultFiles.copy_csv: read, scan, write, sync ({stored:,} rows)", started)
+            report(f"ResultFiles.copy_csv: read, scan, write, sync ({stored.rows:,} rows)", started)
 
         data = path.read_bytes()
         scanner = RowScanner()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from athenaq.csvformat import format_row
-from athenaq.results import INDEX_FILE, TEMP_PREFIX, MalformedResult, ResultFiles
+from athenaq.results import INDEX_FILE, TEMP_PREFIX, MalformedResult, ResultFiles, Written
 from athenaq.resultset import Column, ResultPage
 
 COLUMNS = [Column(name="n", type="integer"), Column(name="s", type="varchar")]
@@ -63,7 +63,7 @@ def files(tmp_path: Path) -> ResultFiles:
 
 async def test_round_trip_and_pages_at_start_middle_end(files: ResultFiles) -> None:
     rows = make_rows(100)
-    assert await files.write("q", "e", pages_of(rows)) == 100
+    assert (await files.write("q", "e", pages_of(rows))).rows == 100
     reader = await files.open("q", "e")
     try:
         assert reader.columns == COLUMNS
@@ -83,7 +83,7 @@ async def test_round_trip_and_pages_at_start_middle_end(files: ResultFiles) -> N
 
 async def test_files_are_columns_athenas_csv_and_an_offset_index(files: ResultFiles) -> None:
     rows = make_rows(5)  # row 2 has a newline inside a value
-    await files.write("q", "e", pages_of(rows))
+    written = await files.write("q", "e", pages_of(rows))
     directory = files.path("q", "e")
     assert sorted(p.name for p in directory.iterdir()) == ["columns.json", "rows.csv", "rows.idx"]
     assert json.loads((directory / "columns.json").read_bytes()) == {
@@ -92,6 +92,7 @@ async def test_files_are_columns_athenas_csv_and_an_offset_index(files: ResultFi
     lines = [format_row(["n", "s"]).encode()] + [format_row(row).encode() for row in rows]
     data = (directory / "rows.csv").read_bytes()
     assert data == b"".join(lines)
+    assert written == Written(rows=5, size=len(data))
     index = (directory / INDEX_FILE).read_bytes()
     assert len(index) == 8 * 6
     offsets = [int.from_bytes(index[i : i + 8], "little") for i in range(0, len(index), 8)]
@@ -100,7 +101,7 @@ async def test_files_are_columns_athenas_csv_and_an_offset_index(files: ResultFi
 
 
 async def test_zero_rows_is_a_header_only(files: ResultFiles) -> None:
-    assert await files.write("q", "e", pages_of([])) == 0
+    assert (await files.write("q", "e", pages_of([]))).rows == 0
     reader = await files.open("q", "e")
     try:
         assert reader.row_count == 0
@@ -177,8 +178,8 @@ async def test_prepare_removes_what_a_killed_process_left(files: ResultFiles) ->
 
 async def test_a_second_writer_of_the_same_execution_keeps_the_first(files: ResultFiles) -> None:
     rows = make_rows(10)
-    assert await files.write("q", "e", pages_of(rows)) == 10
-    assert await files.write("q", "e", pages_of(rows)) == 10
+    assert (await files.write("q", "e", pages_of(rows))).rows == 10
+    assert (await files.write("q", "e", pages_of(rows))).rows == 10
     assert sorted(p.name for p in files.directory.iterdir()) == ["q.e"]
     reader = await files.open("q", "e")
     try:
@@ -193,7 +194,8 @@ async def test_a_copied_object_is_stored_as_it_is_with_its_row_index(
 ) -> None:
     rows = make_rows(300)  # newlines, quotes and commas inside values, NULL and ""
     data = athena_csv(rows)
-    assert await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, size)) == 300
+    copied = await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, size))
+    assert copied == Written(rows=300, size=len(data))
     directory = files.path("q", "e")
     assert (directory / "rows.csv").read_bytes() == data
     # The same index as rows written one by one.
@@ -212,7 +214,7 @@ async def test_a_copied_object_is_stored_as_it_is_with_its_row_index(
 
 async def test_a_copied_object_of_zero_rows(files: ResultFiles) -> None:
     data = athena_csv([])
-    assert await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, 3)) == 0
+    assert (await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, 3))).rows == 0
     reader = await files.open("q", "e")
     try:
         assert reader.row_count == 0 and (await reader.page(0, 10)).rows == []
@@ -241,13 +243,14 @@ async def test_an_unusable_object_raises_and_leaves_nothing(
 
 async def test_the_header_may_give_the_labels(files: ResultFiles) -> None:
     data = athena_csv(make_rows(2), header=["Number", "Text"])
-    assert await files.copy_csv("q", "e", COLUMNS, ["Number", "Text"], chunks_of(data, 4)) == 2
+    copied = await files.copy_csv("q", "e", COLUMNS, ["Number", "Text"], chunks_of(data, 4))
+    assert copied.rows == 2
 
 
 async def test_a_stored_row_of_the_wrong_width_is_refused_when_read(files: ResultFiles) -> None:
     # Whole and balanced, so stored; what is inside each row is checked when it is read.
     data = athena_csv([["1", "a"], ["2"], ["3", "c"]])
-    assert await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, 5)) == 3
+    assert (await files.copy_csv("q", "e", COLUMNS, ["n", "s"], chunks_of(data, 5))).rows == 3
     reader = await files.open("q", "e")
     try:
         assert (await reader.page(0, 1)).rows == [["1", "a"]]
@@ -320,7 +323,7 @@ async def test_a_write_cancelled_anywhere_up_to_its_end_closes_its_files(
             await asyncio.sleep(0)
         task.cancel()
         try:
-            assert await task == len(rows)
+            assert await task == Written(rows=len(rows), size=len(data))
             done_first += 1
         except asyncio.CancelledError:
             pass

@@ -26,6 +26,7 @@ from botocore.loaders import Loader, create_loader
 from botocore.utils import parse_timestamp
 from loguru import logger
 
+from athenaq import metrics
 from athenaq.config import AthenaConfig, S3Config
 from athenaq.resultset import Column, ResultPage
 
@@ -49,6 +50,8 @@ S3_CHUNK_BYTES = 1024 * 1024
 # within moments, and a client would rather hear "cancelled" than "cancel requested".
 STOP_CONFIRM_DELAYS = (0.0, 0.05, 0.1, 0.2, 0.4)
 THROTTLING_CODES = frozenset({"TooManyRequestsException", "ThrottlingException"})
+# The operation label, among Athena's, of S3's GetObject (a result object's download).
+S3_GET_OBJECT = "get_object"
 # How AWS (and the local engine) answer an operation they do not have.
 UNKNOWN_OPERATION_CODES = frozenset({"UnknownOperationException", "InvalidAction"})
 
@@ -86,6 +89,11 @@ class AthenaCallError(Exception):
         return self.code in THROTTLING_CODES
 
     @property
+    def outcome(self) -> str:
+        """The call's outcome, as the metrics count it."""
+        return _outcome(self.code, self.status)
+
+    @property
     def is_client_error(self) -> bool:
         """Athena refused the request itself (bad SQL, unknown id): retrying cannot help."""
         return self.status == 400 and not self.is_throttling
@@ -100,6 +108,23 @@ class AthenaCallError(Exception):
         """A 5xx whose body holds no Athena error: a proxy's error page, or an emulator's
         answer to an operation it lacks (moto's bare HTML 500)."""
         return self.status is not None and self.status >= 500 and self.code == str(self.status)
+
+
+def _outcome(code: str, status: int | None) -> str:
+    """The outcome of an AWS call that failed with error `code` and HTTP `status` (None:
+    no answer came: the network, the deadline)."""
+    if code in THROTTLING_CODES:
+        return metrics.THROTTLED
+    if status is None:
+        return metrics.UNREACHABLE
+    return metrics.CLIENT_ERROR if status < 500 else metrics.SERVER_ERROR
+
+
+def _measured(operation: str, outcome: str, started: float) -> float:
+    """Count a call of `operation` begun at `started` (time.monotonic()); its seconds."""
+    seconds = time.monotonic() - started
+    metrics.ATHENA_CALLS.labels(operation, outcome).observe(seconds)
+    return seconds
 
 
 class ResultObjectUnreadable(Exception):
@@ -368,15 +393,20 @@ class Athena:
             # The deadline, or the transport failing past botocore: a passing failure.
             message = str(exc) or f"no answer within {self.call_timeout:g} s"
             failure = AthenaCallError(operation, type(exc).__name__, message, None)
+        except asyncio.CancelledError:
+            _measured(operation, metrics.CANCELLED, started)  # the caller's deadline, a stop
+            raise
         else:
+            _measured(operation, metrics.OK, started)
             return response
+        seconds = _measured(operation, failure.outcome, started)
         logger.warning(
             "athena call failed",
             operation=operation,
             error_code=failure.code,
             error=failure.message,
             http_status=failure.status,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            duration_ms=round(seconds * 1000, 1),
             athena_query_execution_id=params.get("QueryExecutionId"),
         )
         raise failure
@@ -545,16 +575,25 @@ class Athena:
         )
 
     async def _get_object(self, location: str, bucket: str, key: str) -> Any:
-        """The body of an S3 GetObject, to be read and closed by the caller."""
+        """The body of an S3 GetObject, to be read and closed by the caller (the call is
+        counted until the body's headers came; its reads are the ingest's)."""
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.call_timeout):
                 response = await self._s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "Unknown")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            _measured(S3_GET_OBJECT, _outcome(code, status), started)
             raise ResultObjectUnreadable(location, code, error.get("Message", "")) from exc
         except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
+            _measured(S3_GET_OBJECT, metrics.UNREACHABLE, started)
             raise ResultObjectUnreadable(location, type(exc).__name__, str(exc)) from exc
+        except asyncio.CancelledError:
+            _measured(S3_GET_OBJECT, metrics.CANCELLED, started)
+            raise
+        _measured(S3_GET_OBJECT, metrics.OK, started)
         return response["Body"]
 
 

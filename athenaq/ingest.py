@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from athenaq import metrics
 from athenaq.athena import Athena, Execution, FirstPage, ResultObjectUnreadable
 from athenaq.results import MalformedResult, ResultFiles, Written
 
@@ -58,10 +59,18 @@ class Ingest:
         first = await self.athena.first_page(execution_id, self.first_page_rows or 1)
         if first.whole and self.first_page_rows:
             written = await self.results.write_page(query_id, execution_id, first.page)
-            source = "api"
+            read_from = metrics.FIRST_PAGE
+            working = time.monotonic() - started
         else:
+            working = time.monotonic() - started
             async with large or contextlib.nullcontext():
-                written, source = await self._store_large(query_id, execution, first)
+                # The wait for a download slot is no time spent storing.
+                resumed = time.monotonic()
+                written, read_from = await self._store_large(query_id, execution, first)
+                working += time.monotonic() - resumed
+        metrics.INGEST_BYTES.labels(read_from).inc(written.size)
+        metrics.INGEST_SECONDS.labels(read_from).observe(working)
+        source = "s3" if read_from == metrics.S3 else "api"
         logger.info(
             "results stored",
             query_id=query_id,
@@ -75,10 +84,11 @@ class Ingest:
     async def _store_large(
         self, query_id: str, execution: Execution, first: FirstPage
     ) -> tuple[Written, str]:
-        """Store a result its first page does not hold: as written, and its source."""
+        """Store a result its first page does not hold; where it was read from (the
+        metrics' source: S3, or GetQueryResults)."""
         execution_id = execution.execution_id
         try:
-            return await self._copy_object(query_id, execution, first), "s3"
+            return await self._copy_object(query_id, execution, first), metrics.S3
         except ResultObjectUnreadable as exc:
             logger.warning(
                 "result object unreadable; reading the results through GetQueryResults",
@@ -91,7 +101,7 @@ class Ingest:
             written = await self.results.write(
                 query_id, execution_id, self.athena.result_pages(execution_id)
             )
-            return written, "api"
+            return written, metrics.GET_QUERY_RESULTS
 
     async def _copy_object(self, query_id: str, execution: Execution, first: FirstPage) -> Written:
         """Store the result object's bytes; ResultObjectUnreadable if they cannot be used."""

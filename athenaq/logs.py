@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
+from athenaq import metrics
 from athenaq.clock import isoformat
 
 if TYPE_CHECKING:
@@ -86,11 +87,14 @@ ABORTED_STATUS = 499
 
 
 def log_request(handler: RequestHandler, *, aborted: bool = False) -> None:
-    """Tornado's `log_function`: one access line per request, its level by status.
+    """Tornado's `log_function`: one access line per request, its level by status, and
+    the request counted in the metrics.
 
     `aborted`: the client hung up mid-body. Tornado never finishes such a request, so
     the handler logs it itself, as status 499 with `"aborted": true`."""
     status = ABORTED_STATUS if aborted else handler.get_status()
+    seconds = handler.request.request_time()
+    metrics.request_done(handler, status, seconds)
     # A 503 is a part out of reach or a shed load, answered as designed (the client tries
     # again): a warning. Any other 5xx is a bug to look at.
     level = "INFO" if status < 400 else "ERROR" if status >= 500 and status != 503 else "WARNING"
@@ -103,7 +107,7 @@ def log_request(handler: RequestHandler, *, aborted: bool = False) -> None:
         method=request.method,
         path=request.path,
         status=status,
-        duration_ms=round(request.request_time() * 1000, 1),
+        duration_ms=round(seconds * 1000, 1),
         remote_ip=request.remote_ip,
         user=getattr(caller, "name", None),
         **({"aborted": True} if aborted else {}),

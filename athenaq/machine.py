@@ -17,6 +17,7 @@ from typing import Any
 
 from loguru import logger
 
+from athenaq import metrics
 from athenaq.athena import Execution
 from athenaq.clock import in_order, utcnow
 from athenaq.errors import (
@@ -111,6 +112,7 @@ class Machine:
         if not moved:
             logger.info("transition lost a race", state=current.state.value, **fields)
             return None
+        metrics.TRANSITIONS.labels(event.value).inc()
         logger.info(
             "state changed",
             athena_query_execution_id=columns.get(
@@ -170,6 +172,7 @@ class Machine:
             )
         except RunningLimitReached as exc:
             raise _too_many(exc) from None
+        metrics.TRANSITIONS.labels(metrics.SUBMIT).inc()
         logger.info(
             "state changed",
             query_id=record.id,

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from loguru import logger
 from tornado.ioloop import PeriodicCallback
 
+from athenaq import metrics
 from athenaq.athena import BATCH_LIMIT, Athena, AthenaCallError, Execution
 from athenaq.clock import utcnow
 from athenaq.errors import StoreUnavailable
@@ -197,6 +198,12 @@ class Poller:
             self.last_tick = time.monotonic()
             self.tick_seconds.append(self.last_tick - started)
             self.ticks += 1
+            metrics.POLL_TICKS.observe(self.last_tick - started)
+
+    @property
+    def holding(self) -> int:
+        """How many unfinished queries this process holds, as its latest claim found."""
+        return len(self._held)
 
     async def _round(self, started: float) -> None:
         if started < self._store_retry_at:

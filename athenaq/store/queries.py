@@ -50,6 +50,7 @@ from athenaq.states import (
     Transition,
 )
 from athenaq.store import admission, cache, deliveries, idempotent, keys, listing, schema, watch
+from athenaq.store.counts import StateCounts, count_by_state
 from athenaq.store.database import DEFAULT_CALL_TIMEOUT_SECONDS, open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
 from athenaq.store.idempotent import IdempotencyKeyTaken
@@ -696,6 +697,12 @@ class Store:
         """`places_ahead` of each of `records` (waiting ones), by id, counted together."""
         async with Deadline(self.timeout), self._driver.connect() as conn:
             return await admission.ahead_each(conn, records)
+
+    async def count_states(self) -> StateCounts:
+        """How many queries are in each state, and how many QUEUED ones wait for an Athena
+        slot: one read of the admission index (GET /metrics)."""
+        async with Deadline(self.timeout), self._driver.connect() as conn:
+            return await count_by_state(conn)
 
     # -- listing, usage and retention (listing.py) --------------------------------------
 

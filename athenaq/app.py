@@ -22,8 +22,9 @@ from athenaq.athena import Athena
 from athenaq.auth import AllowEveryone, ApiKeys, Authorizer
 from athenaq.commands import Commands
 from athenaq.config import EMBEDDED, Config, S3Config, ServerConfig
-from athenaq.handlers import health, queries, reports
+from athenaq.handlers import health, monitoring, queries, reports
 from athenaq.handlers.base import Context, NotFoundHandler
+from athenaq.handlers.exposition import Exposition
 from athenaq.handlers.readiness import Readiness
 from athenaq.handlers.server import AthenaqHTTPServer
 from athenaq.ingest import Ingest
@@ -64,7 +65,7 @@ CUT_DOWNLOADS_SECONDS = 1.0
 def make_app(ctx: Context, cors_origins: frozenset[str] = frozenset()) -> tornado.web.Application:
     routes: list[Any] = [
         (pattern, handler, {"ctx": ctx})
-        for module in (queries, reports, health)
+        for module in (queries, reports, health, monitoring)
         for pattern, handler in module.default_handlers
     ]
     return tornado.web.Application(
@@ -225,6 +226,7 @@ class Service:
                 max_body_bytes=config.server.max_body_bytes,
                 max_inflight_requests=config.server.max_inflight_requests,
                 readiness=Readiness(store, results, poller),
+                exposition=Exposition(store, poller),
                 watcher=watcher,
                 reports=Reports(store, price_per_tb_usd=price),
                 status=status,

@@ -1,5 +1,6 @@
 """Load shedding: past server.max_inflight_requests a request is answered 503 overloaded
-at once, before its body, its key or the store; /health and /ready are never shed."""
+at once, before its body, its key or the store; /health, /ready and /metrics are never
+shed."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from athenaq.app import Service
 from athenaq.config import Config as ServiceConfig
 from athenaq.config import ConfigError, parse_config
+from athenaq.identity import METRICS
 from athenaq.store import Store
 from tests.conftest import V1_CONFIG, Client, body, config_with, make_key, wait_for, with_keys
 
@@ -64,6 +66,7 @@ async def test_past_the_limit_requests_are_shed_at_once_and_pass_again_after(
     http: AsyncHTTPClient,
 ) -> None:
     key = await make_key(keys_store, "app")
+    scraper = await make_key(keys_store, "prometheus", frozenset({METRICS}))
     service = await start_service(shedding_at(with_keys(config), 2))
     client = Client(service.url, key=key)
     in_flight = service._ctx.in_flight  # type: ignore[union-attr]
@@ -106,11 +109,14 @@ async def test_past_the_limit_requests_are_shed_at_once_and_pass_again_after(
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.close()
     assert head.startswith(b"HTTP/1.1 503 ")
-    # The load balancer's questions are still answered.
+    # The load balancer's and the monitoring's questions are still answered.
     health = await client.request("GET", "/health")
     assert (health.code, body(health)) == (200, {"status": "ok"})
     ready = await client.request("GET", "/ready")
     assert (ready.code, body(ready)["status"]) == (200, "ready")
+    metrics = await Client(service.url, key=scraper).request("GET", "/metrics")
+    assert metrics.code == 200, metrics.body
+    assert b"\nathenaq_leases_held " in metrics.body
 
     release.set()
     for response in await asyncio.gather(*held):

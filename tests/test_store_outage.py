@@ -28,6 +28,7 @@ from tornado.httpclient import HTTPResponse
 from athenaq.app import Service
 from athenaq.config import Config
 from athenaq.errors import StoreUnavailable
+from athenaq.identity import DEFAULT_SCOPES, METRICS
 from athenaq.store import Store
 from athenaq.store.outage import Deadline
 from tests.athena_double import AthenaDouble
@@ -133,7 +134,7 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
     key = None
     if keys:
         config = with_keys(config)
-        key = await make_key(keys_store, "alice")
+        key = await make_key(keys_store, "alice", DEFAULT_SCOPES | {METRICS})
     service = await start_service(config)
     client = Client(service.url, key=key)
     done = await client.submit("SELECT 1")
@@ -142,6 +143,10 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
     for query_id in held:
         await client.wait_state(query_id, "RUNNING")
     submitted = [done, *held]
+    # Each scrape reads the store's counts (not once per few seconds): the first here.
+    assert service._ctx is not None
+    service._ctx.exposition.seconds = 0
+    assert b'athenaq_queries{state="RUNNING"} 2.0' in (await timed(client, "GET", "/metrics")).body
 
     # (method, path, body, whether it writes, its answer with the store in reach)
     requests = [
@@ -158,8 +163,18 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
         ticks = poller.ticks
         # At once, but for the refresh: it waits for the cancel's hold on the query first.
         *together, refresh = requests
+        scraping = asyncio.ensure_future(timed(client, "GET", "/metrics"))
         responses = await asyncio.gather(*(timed(client, *request[:3]) for request in together))
         responses.append(await timed(client, *refresh[:3]))
+        scrape = await scraping
+        if keys and (outage.reads_stop or scrape.code == 503):
+            # A key is looked up in the store, for /metrics too.
+            assert_store_unavailable(scrape, f"{way}: GET /metrics")
+        else:
+            # The figures read before, and every other metric of the process.
+            assert scrape.code == 200, (way, scrape.body)
+            assert b'athenaq_queries{state="RUNNING"} 2.0' in scrape.body, way
+            assert b"\nathenaq_poll_tick_duration_seconds_count " in scrape.body, way
         for (method, path, _, writes, normal), response in zip(requests, responses, strict=True):
             if writes or outage.reads_stop or response.code == 503:
                 assert_store_unavailable(response, f"{way}: {method} {path}")
@@ -202,6 +217,8 @@ async def test_every_answer_is_a_quick_503_while_the_store_is_out_of_reach(
     refused = [line for line in lines if line["message"] == "request" and line["status"] == 503]
     assert refused
     assert {line["level"] for line in refused} == {"WARNING"}
+    if outage.reads_stop and not keys:
+        assert "the metrics could not read the store; its latest figures are served" in messages
     backs_off = messages.count("the store is unavailable; polling backs off")
     # Where reads go on (SQLite's write lock), a tick whose claim only reads (its leases
     # renewed once half spent) may not meet the outage at all.

@@ -30,6 +30,7 @@ from athenaq.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from athenaq.handlers.exposition import Exposition
 from athenaq.handlers.readiness import Readiness
 from athenaq.identity import Caller
 from athenaq.launcher import Launcher
@@ -97,10 +98,13 @@ class Context:
     retry_after: int
     # The largest request body read; past it a route that takes one answers 413.
     max_body_bytes: int
-    # Requests in flight past which a new one answers 503 overloaded, health's excepted.
+    # Requests in flight past which a new one answers 503 overloaded (but health,
+    # readiness and metrics).
     max_inflight_requests: int
     # What GET /ready checks.
     readiness: Readiness
+    # What GET /metrics serves.
+    exposition: Exposition
     # Wakes the status requests that wait for their query to finish (`?wait=N`).
     watcher: Watcher
     # Listings, histories and usage.
@@ -132,8 +136,8 @@ class BaseHandler(RequestHandler):
     required_scope: str | None = None
     # The methods whose body the route reads; any other request with a body answers 413.
     body_methods: frozenset[str] = frozenset()
-    # False for the endpoints a load balancer asks (health, readiness): answered even when
-    # the process sheds every other request.
+    # False for the endpoints a load balancer or monitoring asks (health, readiness,
+    # metrics): answered even when the process sheds every other request.
     sheddable = True
 
     def initialize(self, ctx: Context) -> None:

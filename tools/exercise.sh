@@ -792,4 +792,29 @@ request GET "/usage?group_by=month"
 expect_code 400 validation_error
 pass "group_by refused"
 
+# --- 14. Metrics: the Prometheus text format (a key needs the scope metrics) ---------
+request GET /metrics
+if [[ -n ${ATHENAQ_KEY:-} && $STATUS == 403 ]]; then
+    expect_code 403 forbidden
+    expect_jq 'a message naming the scope' '.error.message | endswith("metrics")'
+    pass "a key without the scope metrics"
+else
+    if [[ $STATUS != 200 ]]; then
+        fail 200
+    fi
+    if [[ $(header Content-Type) != text/plain* ]]; then
+        fail "Content-Type text/plain" "Content-Type: $(header Content-Type)"
+    fi
+    for name in 'athenaq_queries{state="SUCCEEDED"}' 'athenaq_transitions_total{event="submit"}' \
+        'athenaq_http_request_duration_seconds_count{method="POST",route="/query",status="202"}'; do
+        if ! grep -qF "$name " <<<"$BODY"; then
+            fail "a sample $name"
+        fi
+    done
+    if grep -qF "$FAST_ID" <<<"$BODY"; then
+        fail "no query id in a label" "$FAST_ID is in one"
+    fi
+    pass "$(grep -c '^athenaq_' <<<"$BODY") athenaq samples"
+fi
+
 echo "exercise: all $CHECKS checks passed"

@@ -22,7 +22,7 @@ from athenaq.athena import Athena
 from athenaq.auth import AllowEveryone, ApiKeys, Authorizer
 from athenaq.commands import Commands
 from athenaq.config import EMBEDDED, Config, S3Config, ServerConfig
-from athenaq.handlers import health, monitoring, queries, reports
+from athenaq.handlers import health, monitoring, queries, reports, spec
 from athenaq.handlers.base import Context, NotFoundHandler
 from athenaq.handlers.exposition import Exposition
 from athenaq.handlers.readiness import Readiness
@@ -65,7 +65,7 @@ CUT_DOWNLOADS_SECONDS = 1.0
 def make_app(ctx: Context, cors_origins: frozenset[str] = frozenset()) -> tornado.web.Application:
     routes: list[Any] = [
         (pattern, handler, {"ctx": ctx})
-        for module in (queries, reports, health, monitoring)
+        for module in (queries, reports, health, monitoring, spec)
         for pattern, handler in module.default_handlers
     ]
     return tornado.web.Application(
@@ -110,6 +110,8 @@ class Service:
         # Removes expired results (results.retention_days); None without retention.
         self.retention: Retention | None = None
         self._ctx: Context | None = None
+        # The routes it serves, once started (tests hold the OpenAPI document to them).
+        self.app: tornado.web.Application | None = None
         self._store: Store | None = None
         self._watcher: Watcher | None = None
         self._dispatcher: Dispatcher | None = None
@@ -236,7 +238,7 @@ class Service:
                     else None
                 ),
             )
-            app = make_app(self._ctx, frozenset(config.server.cors_origins))
+            app = self.app = make_app(self._ctx, frozenset(config.server.cors_origins))
             sockets = bind_sockets(config.server.port, config.server.host)
             self.port = sockets[0].getsockname()[1]
             self._server = make_http_server(app, config.server)

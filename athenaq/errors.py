@@ -16,6 +16,13 @@ class ApiError(Exception):
         self.headers: dict[str, str] = {}
 
 
+class BadRequest(ApiError):
+    """A request that cannot be read as HTTP: its body's framing, too many parameters."""
+
+    status = 400
+    code = "bad_request"
+
+
 class InvalidJson(ApiError):
     status = 400
     code = "invalid_json"

@@ -62,6 +62,13 @@ MAX_CALLBACK_URL = 2_048
 # Athena's own result reuse serves (10,080 minutes).
 MAX_AGE_SECONDS = 604_800
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
+# The header that makes a submit safe to retry, and the form of its value: printable
+# ASCII, the space included (HTTP takes none at either end of a value).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+IDEMPOTENCY_KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}")
+# The header of an answer that is a key's first answer again.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 class WholeNumber(fields.Integer):
@@ -95,7 +102,7 @@ class Labels(fields.Field[dict[str, str]]):
         return dict(value)
 
 
-def _callback_url(value: str) -> None:
+def validate_callback_url(value: str) -> None:
     """An absolute http(s) URL with a host and no credentials; whether its host is
     allowed is the config's to say (Commands.submit)."""
     if len(value) > MAX_CALLBACK_URL or _CONTROL.search(value):
@@ -125,7 +132,13 @@ class SubmitRequest(Schema):
     class Meta:
         unknown = RAISE
 
-    query = fields.String(required=True, validate=validate.Length(min=1))
+    query = fields.String(
+        required=True,
+        validate=validate.Length(min=1),
+        # For the OpenAPI document: at most MAX_QUERY_BYTES (counted in UTF-8 bytes by
+        # the handler: 413).
+        metadata={"maxLength": MAX_QUERY_BYTES},
+    )
     database = _optional(fields.String, validate=validate_database)
     workgroup = _optional(fields.String, validate=validate_workgroup)
     catalog = _optional(fields.String, validate=validate_catalog)
@@ -144,7 +157,7 @@ class SubmitRequest(Schema):
         WholeNumber,
         validate=validate.Range(1, MAX_TIMEOUT_SECONDS, error="must be {min} to {max}"),
     )
-    callback_url = _optional(fields.String, validate=_callback_url)
+    callback_url = _optional(fields.String, validate=validate_callback_url)
     max_age_seconds = _optional(
         WholeNumber, validate=validate.Range(1, MAX_AGE_SECONDS, error="must be {min} to {max}")
     )
@@ -218,7 +231,7 @@ class StatisticsSchema(Schema):
     engine_execution_ms = fields.Integer(allow_none=True)
     queue_ms = fields.Integer(allow_none=True)
     total_execution_ms = fields.Integer(allow_none=True)
-    cost_usd = fields.Method("_cost_usd")
+    cost_usd = fields.Method("_cost_usd", metadata={"type": ["number", "null"]})
 
     def __init__(
         self, *, price_per_tb_usd: float = DEFAULT_PRICE_PER_TB_USD, **kwargs: Any
@@ -259,11 +272,17 @@ class DumpPlan:
         }
 
 
+# What a `state` in an answer may be: Athena's own names (API.md, "Query states").
+STATES = validate.OneOf([state.value for state in QueryState])
+
+
 class StateSchema(Schema):
     """`{"id", "state"}`: the answer to a submit, a refresh or a cancel."""
 
-    id = fields.String()
-    state = fields.String()
+    # Validators on answer fields are never run (answers are dumped, not loaded): they
+    # say what the field holds, for the OpenAPI document (athenaq.openapi).
+    id = fields.String(metadata={"format": "uuid"})
+    state = fields.String(validate=STATES)
 
 
 class CancelSchema(StateSchema):
@@ -292,20 +311,24 @@ class StatusSchema(StateSchema):
     result_reuse_minutes = fields.Integer(allow_none=True)
     reused_previous_result = fields.Boolean(allow_none=True)
     timeout_seconds = fields.Integer(allow_none=True)
-    timeout_at = Timestamp()
+    timeout_at = Timestamp(allow_none=True)
     callback_url = fields.String(allow_none=True)
     athena_query_execution_id = fields.String(attribute="athena_execution_id", allow_none=True)
     submitted_at = Timestamp()
-    started_at = Timestamp()
-    completed_at = Timestamp()
-    results_at = Timestamp()
+    started_at = Timestamp(allow_none=True)
+    completed_at = Timestamp(allow_none=True)
+    results_at = Timestamp(allow_none=True)
     # When retention removes the results: results_at + results.retention_days; null
-    # without retention or results.
-    results_expires_at = fields.Method("_results_expires_at")
-    cancel_requested = fields.Function(lambda record: record.cancel_requested_at is not None)
+    # without retention or results. The metadata says what the methods give (OpenAPI).
+    results_expires_at = fields.Method(
+        "_results_expires_at", metadata={"type": ["string", "null"], "format": "date-time"}
+    )
+    cancel_requested = fields.Function(
+        lambda record: record.cancel_requested_at is not None, metadata={"type": "boolean"}
+    )
     row_count = fields.Integer(allow_none=True)
     results_source = fields.String(allow_none=True)
-    statistics = fields.Method("_statistics")
+    statistics = fields.Method("_statistics", metadata={"nested": StatisticsSchema})
     owner = fields.String()
 
     def __init__(
@@ -339,12 +362,19 @@ class CallbackSchema(Schema):
     """The webhook delivery of a query's current run, as its status shows it (`callback`)."""
 
     url = fields.String()
-    delivered_at = Timestamp()
+    delivered_at = Timestamp(allow_none=True)
     attempts = fields.Integer()
     last_error = fields.String(allow_none=True)
 
 
 CALLBACK = DumpPlan(CallbackSchema())
+
+
+class StatusAnswerSchema(StatusSchema):
+    """The status object as the API answers it: the record's fields, and the progress of
+    its webhook (null without a callback_url), which BaseHandler.status_object adds."""
+
+    callback = fields.Nested(CallbackSchema, allow_none=True)
 
 
 class ColumnSchema(Schema):
@@ -353,11 +383,17 @@ class ColumnSchema(Schema):
 
 
 class ResultsSchema(Schema):
-    id = fields.String()
-    state = fields.String()
+    id = fields.String(metadata={"format": "uuid"})
+    state = fields.String(validate=validate.OneOf([QueryState.SUCCEEDED.value]))
     results_at = Timestamp()
     columns = fields.List(fields.Nested(ColumnSchema))
-    rows = fields.Raw()
+    # Cells in Athena's text form, SQL NULL as null.
+    rows = fields.Raw(
+        metadata={
+            "type": "array",
+            "items": {"type": "array", "items": {"type": ["string", "null"]}},
+        }
+    )
     row_count = fields.Integer()
     offset = fields.Integer()
     limit = fields.Integer()
@@ -457,8 +493,8 @@ class TransitionSchema(Schema):
     refresh) and the event that made it."""
 
     run = fields.Integer()
-    from_ = fields.String(data_key="from", attribute="from_state", allow_none=True)
-    to = fields.String(attribute="to_state")
+    from_ = fields.String(data_key="from", attribute="from_state", allow_none=True, validate=STATES)
+    to = fields.String(attribute="to_state", validate=STATES)
     event = fields.String(allow_none=True)
     reason = fields.String(allow_none=True)
     by = fields.String(allow_none=True)
@@ -466,7 +502,7 @@ class TransitionSchema(Schema):
 
 
 class HistorySchema(Schema):
-    id = fields.String()
+    id = fields.String(metadata={"format": "uuid"})
     transitions = fields.List(fields.Nested(TransitionSchema))
 
 
@@ -482,3 +518,53 @@ class UsageGroupSchema(Schema):
 
 class UsageSchema(Schema):
     groups = fields.List(fields.Nested(UsageGroupSchema))
+
+
+class QueryListSchema(Schema):
+    """`GET /queries`: a page of status objects, each as `GET /query/<id>/status` answers
+    it, and the path of the next page (null after the last)."""
+
+    queries = fields.List(fields.Nested(StatusAnswerSchema))
+    next = fields.String(allow_none=True)
+
+
+# -- operating it ----------------------------------------------------------------------
+
+
+class HealthSchema(Schema):
+    status = fields.String(validate=validate.OneOf(["ok"]))
+
+
+class ReadinessSchema(Schema):
+    """`GET /ready`: ready or not, and each check's outcome ("ok", or why it failed)."""
+
+    status = fields.String(validate=validate.OneOf(["ready", "unavailable"]))
+    checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class ErrorDetailSchema(Schema):
+    code = fields.String()
+    message = fields.String()
+
+
+class ErrorSchema(Schema):
+    """Every error: `{"error": {"code", "message"}, "state"?}`; `state` when the error is
+    about the query's state."""
+
+    error = fields.Nested(ErrorDetailSchema)
+    state = fields.String(validate=STATES)
+
+
+_ERROR = ErrorSchema()
+
+
+def error_body(code: str, message: str, state: str | None = None) -> dict[str, Any]:
+    """The error envelope of an answer."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if state is not None:
+        body["state"] = state
+    answer: dict[str, Any] = _ERROR.dump(body)
+    return answer

@@ -17,6 +17,7 @@ from athenaq.auth import Authorizer
 from athenaq.commands import Commands
 from athenaq.errors import (
     ApiError,
+    BadRequest,
     Conflict,
     Forbidden,
     InvalidJson,
@@ -38,16 +39,17 @@ from athenaq.logs import log_request
 from athenaq.lookup import Lookup
 from athenaq.ratelimit import RateLimiter
 from athenaq.reports import Reports
-from athenaq.schemas import CALLBACK, DumpPlan
+from athenaq.schemas import CALLBACK, DumpPlan, error_body
 from athenaq.states import IllegalTransition, QueryRecord
 from athenaq.watcher import Watcher
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# The codes of Tornado's own refusals (HTTPError), which are not ApiErrors.
 _HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
+    400: BadRequest.code,
+    404: NotFound.code,
+    405: MethodNotAllowed.code,
+    413: PayloadTooLarge.code,
 }
 HandlerT = TypeVar("HandlerT", bound=type[RequestHandler])
 # On every answer, errors included: no version for scanners to match, no content sniffing,
@@ -242,7 +244,7 @@ class BaseHandler(RequestHandler):
         except HTTPInputError as exc:
             # Tornado would find the same when it reads the body, after prepare(), and
             # answer a bare 400. Answered here, the connection closes once this is sent.
-            raise HTTPError(400, reason=f"the request's body framing is broken: {exc}") from None
+            raise BadRequest(f"the request's body framing is broken: {exc}") from None
         limit = self._body_limit()
         if (length or 0) > limit or (chunked and limit == 0):
             raise self._too_large(limit)
@@ -359,13 +361,11 @@ class BaseHandler(RequestHandler):
                 self.set_header(name, value)
             if exc.status == 405:
                 self.set_header("Allow", ", ".join(self.allowed_methods()))
-            body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
-            if exc.state is not None:
-                body["state"] = exc.state
+            body = error_body(exc.code, exc.message, exc.state)
         else:
-            code = _HTTP_CODES.get(status_code, "internal_error")
+            code = _HTTP_CODES.get(status_code, ApiError.code)
             message = self._reason if status_code < 500 else "internal server error"
-            body = {"error": {"code": code, "message": message}}
+            body = error_body(code, message)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(body))
 

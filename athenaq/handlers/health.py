@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from athenaq.handlers.base import BaseHandler, allow_unauthenticated
+from athenaq.schemas import HealthSchema, ReadinessSchema
 
 # What a client should wait before asking /ready again.
 RETRY_AFTER_SECONDS = 1
+_HEALTH = HealthSchema()
+_READINESS = ReadinessSchema()
 
 
 @allow_unauthenticated
@@ -15,7 +18,7 @@ class HealthHandler(BaseHandler):
     sheddable = False
 
     async def get(self) -> None:
-        self.write_json({"status": "ok"})
+        self.write_json(_HEALTH.dump({"status": "ok"}))
 
 
 @allow_unauthenticated
@@ -28,10 +31,10 @@ class ReadyHandler(BaseHandler):
     async def get(self) -> None:
         checks = await self.ctx.readiness.check()
         if all(outcome == "ok" for outcome in checks.values()):
-            self.write_json({"status": "ready", "checks": checks})
+            self.write_json(_READINESS.dump({"status": "ready", "checks": checks}))
             return
         self.set_header("Retry-After", str(RETRY_AFTER_SECONDS))
-        self.write_json({"status": "unavailable", "checks": checks}, status=503)
+        self.write_json(_READINESS.dump({"status": "unavailable", "checks": checks}), status=503)
 
 
 default_handlers = [(r"/health", HealthHandler), (r"/ready", ReadyHandler)]

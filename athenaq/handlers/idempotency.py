@@ -4,34 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from tornado.httputil import HTTPHeaders
 
 from athenaq.errors import ValidationFailed
+from athenaq.schemas import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY_CHARS
 from athenaq.states import Idempotency
-
-HEADER = "Idempotency-Key"
-# The header of an answer that is a key's first answer again.
-REPLAYED_HEADER = "Idempotent-Replayed"
-MAX_KEY_CHARS = 255
-# Printable ASCII, the space included (HTTP takes none at either end of a value).
-_KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY_CHARS}}}")
 
 
 def parse_idempotency_key(headers: HTTPHeaders, request: Mapping[str, Any]) -> Idempotency | None:
     """The request's Idempotency-Key with the hash of `request` (its body as the schema
     loaded it); None without the header. ValidationFailed, naming the header, for a key
     that is empty, over 255 characters, not printable ASCII, or given twice."""
-    values = headers.get_list(HEADER)
+    values = headers.get_list(IDEMPOTENCY_HEADER)
     if not values:
         return None
     if len(values) > 1:
-        raise ValidationFailed(f"{HEADER}: given more than once")
-    if not _KEY.fullmatch(values[0]):
-        raise ValidationFailed(f"{HEADER}: must be 1 to {MAX_KEY_CHARS} printable ASCII characters")
+        raise ValidationFailed(f"{IDEMPOTENCY_HEADER}: given more than once")
+    if not IDEMPOTENCY_KEY.fullmatch(values[0]):
+        raise ValidationFailed(
+            f"{IDEMPOTENCY_HEADER}: must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII "
+            "characters"
+        )
     return Idempotency(values[0], request_hash(request))
 
 

@@ -12,11 +12,12 @@ from tornado.iostream import StreamClosedError
 from athenaq.commands import Outcome
 from athenaq.errors import PayloadTooLarge, ValidationFailed
 from athenaq.handlers.base import BaseHandler
-from athenaq.handlers.idempotency import REPLAYED_HEADER, parse_idempotency_key
+from athenaq.handlers.idempotency import parse_idempotency_key
 from athenaq.identity import CANCEL, READ, SUBMIT
 from athenaq.logs import ABORTED_STATUS
 from athenaq.schemas import (
     MAX_QUERY_BYTES,
+    REPLAYED_HEADER,
     CancelSchema,
     ResultsRequest,
     ResultsSchema,

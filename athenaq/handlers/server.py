@@ -11,8 +11,9 @@ from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
 
-from athenaq.errors import Overloaded
+from athenaq.errors import BadRequest, Overloaded
 from athenaq.handlers.base import SECURITY_HEADERS
+from athenaq.schemas import error_body
 
 
 def _error_headers(body: bytes, **extra: str) -> dict[str, str]:
@@ -27,7 +28,7 @@ def _error_headers(body: bytes, **extra: str) -> dict[str, str]:
 
 
 def _error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
+    return json.dumps(error_body(code, message)).encode()
 
 
 class AthenaqHTTPServer(HTTPServer):
@@ -88,7 +89,7 @@ class _JsonInputErrors(httputil.HTTPMessageDelegate):
             return self.delegate.headers_received(start_line, headers)
         except httputil.HTTPInputError as exc:
             self.refused = True
-            body = _error_body("bad_request", f"the request cannot be read: {exc}")
+            body = _error_body(BadRequest.code, f"the request cannot be read: {exc}")
             self.connection.write_headers(
                 httputil.ResponseStartLine("HTTP/1.1", 400, "Bad Request"),
                 httputil.HTTPHeaders(_error_headers(body)),

@@ -62,6 +62,10 @@ MAX_CALLBACK_URL = 2_048
 # Athena's own result reuse serves (10,080 minutes).
 MAX_AGE_SECONDS = 604_800
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
+# A character that is not blank: not whitespace as Python's str.isspace() sees it. In the
+# ECMA-262 regular expressions of JSON Schema (the OpenAPI document) \s lacks five of
+# those and has U+FEFF, which Python keeps: the pattern reads the same in both.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]|\ufeff"
 # The header that makes a submit safe to retry, and the form of its value: printable
 # ASCII, the space included (HTTP takes none at either end of a value).
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -72,9 +76,13 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 class WholeNumber(fields.Integer):
-    """A JSON integer: not a string, a boolean or a number with a fraction (`5.0`)."""
+    """A JSON integer: not a string, a boolean or a number with a fraction (`1.5`). A
+    number written with a zero fraction (`5.0`) is the integer 5, as JSON Schema (the
+    OpenAPI document) counts it."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValidationError("must be an integer")
         result: int = super()._deserialize(value, attr, data, **kwargs)
@@ -135,9 +143,9 @@ class SubmitRequest(Schema):
     query = fields.String(
         required=True,
         validate=validate.Length(min=1),
-        # For the OpenAPI document: at most MAX_QUERY_BYTES (counted in UTF-8 bytes by
-        # the handler: 413).
-        metadata={"maxLength": MAX_QUERY_BYTES},
+        # For the OpenAPI document: at least one character that is not blank (not_blank)
+        # and at most MAX_QUERY_BYTES (counted in UTF-8 bytes by the handler: 413).
+        metadata={"pattern": NOT_BLANK, "maxLength": MAX_QUERY_BYTES},
     )
     database = _optional(fields.String, validate=validate_database)
     workgroup = _optional(fields.String, validate=validate_workgroup)
@@ -164,7 +172,7 @@ class SubmitRequest(Schema):
 
     @validates("query")
     def not_blank(self, value: str, **_: Any) -> None:
-        if not value.strip():
+        if re.search(NOT_BLANK, value) is None:
             raise ValidationError("must not be blank")
 
 

@@ -70,7 +70,8 @@ INVALID = [
     ("timeout_seconds", 0, "timeout_seconds"),
     ("timeout_seconds", -5, "timeout_seconds"),
     ("timeout_seconds", 86_401, "timeout_seconds"),
-    ("timeout_seconds", 30.0, "timeout_seconds"),
+    ("timeout_seconds", 30.5, "timeout_seconds"),
+    ("timeout_seconds", 1e300, "timeout_seconds"),
     ("timeout_seconds", "30", "timeout_seconds"),
     ("callback_url", "hooks.example.com/x", "callback_url"),
     ("callback_url", "ftp://hooks.example.com/x", "callback_url"),
@@ -144,6 +145,19 @@ async def test_null_or_empty_optional_fields_are_as_if_left_out(
         assert [status[k] for k in nulls if k not in ("database", "workgroup", "catalog")] == [
             None
         ] * 5
+
+
+async def test_an_integer_written_with_a_zero_fraction_is_that_integer(
+    double: AthenaDouble, client: Client
+) -> None:
+    # JSON does not tell 30 from 30.0, nor does JSON Schema's "integer" (the OpenAPI
+    # document's): a client whose encoder writes 30.0 means 30.
+    fields = {"timeout_seconds": 30.0, "result_reuse_minutes": 60.0, "max_age_seconds": 5.0}
+    response = await client.request("POST", "/query", {"query": FAST, **fields})
+    assert response.code == 202, response.body
+    status = await client.status(body(response)["id"])
+    assert (status["timeout_seconds"], status["result_reuse_minutes"]) == (30, 60)
+    assert isinstance(status["timeout_seconds"], int)
 
 
 async def test_the_status_shows_the_fields_as_submitted(

@@ -484,7 +484,10 @@ class ListRequest(_TimeRange):
         load_default=DEFAULT_LIST_LIMIT,
         validate=validate.Range(min=1, max=MAX_LIST_LIMIT, error="must be 1 to {max}"),
     )
-    cursor = fields.String(validate=validate.Length(min=1))
+    cursor = fields.String(
+        validate=validate.Length(min=1),
+        metadata={"description": "Where the previous page ended: take it from `next`."},
+    )
 
 
 class UsageRequest(_TimeRange):

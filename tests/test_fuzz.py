@@ -151,6 +151,25 @@ def fuzz(base_url: str, key: str, examples: int, scenarios: int) -> Tally:
                 "positive_data_acceptance": {
                     "expected-statuses": ["2xx", "3xx", 401, 403, 404, 409, 422, 429, "5xx"]
                 },
+                # An invalid body over server.max_body_bytes is refused for its size (413),
+                # before it is read.
+                "negative_data_rejection": {
+                    "expected-statuses": [
+                        400,
+                        401,
+                        403,
+                        404,
+                        405,
+                        406,
+                        409,
+                        413,
+                        415,
+                        422,
+                        428,
+                        429,
+                        "5xx",
+                    ]
+                },
             },
         }
     )

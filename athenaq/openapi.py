@@ -27,6 +27,8 @@ BEARER = "bearer"
 JSON = "application/json"
 CSV = "text/csv"
 NDJSON = "application/x-ndjson"
+# Prometheus's text exposition format (prometheus_client's CONTENT_TYPE_LATEST).
+PROMETHEUS = "text/plain"
 # The path parameter of every `/query/<id>/...` route.
 QUERY_ID = "query_id"
 
@@ -330,6 +332,24 @@ OPERATIONS: tuple[Operation, ...] = (
         },
         raises=_ANY,
         open=True,
+    ),
+    Operation(
+        "get",
+        "/metrics",
+        "getMetrics",
+        "Prometheus metrics",
+        "This process's metrics in the Prometheus text format: queries by state, "
+        "transitions, Athena calls, poll ticks, ingest, HTTP requests by route and "
+        "status, admission, leases. Each process of a fleet serves its own. Never shed.",
+        {200: Answer("The metrics.", {PROMETHEUS: {"type": "string"}})},
+        raises=(
+            *_ANY,
+            errors.Unauthorized,
+            errors.Forbidden,
+            errors.RateLimited,
+            errors.StoreUnavailable,
+        ),
+        scope=METRICS,
     ),
     Operation(
         "get",

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck
 from hypothesis.stateful import get_state_machine_test
 from schemathesis import GenerationMode
 
+from athenaq.identity import DEFAULT_SCOPES, METRICS
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
 from tests.conftest import LOADED_STORE_TIMEOUT, make_key
@@ -241,7 +242,8 @@ async def test_generated_requests_meet_the_document(
     document = served_config(db_url, double.url)
     document["auth"] = {"mode": "api_keys"}
     document["database"]["timeout_seconds"] = LOADED_STORE_TIMEOUT
-    key = await make_key(keys_store, "fuzz")
+    # The scopes of a key made without --scope, and metrics: every operation answers.
+    key = await make_key(keys_store, "fuzz", DEFAULT_SCOPES | {METRICS})
     with served(tmp_path, document) as server:
         await server.serving()
         started = time.monotonic()

@@ -98,7 +98,8 @@ class Operation:
     body: type[Schema] | None = None
     # Request headers beyond Authorization: name -> (description, JSON schema).
     headers: Mapping[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    # OpenAPI links from its successful answers, by status: name -> operationId.
+    # The statuses whose answers carry a query's id: links lead from them to the
+    # operations on that query (_FOLLOW), which is what schemathesis chains.
     links: tuple[int, ...] = ()
 
     @property
@@ -589,9 +590,10 @@ def document() -> dict[str, Any]:
 
 
 def _every_field_answered(document: dict[str, Any]) -> None:
-    """Answers carry every field their schema names (DumpPlan and dump write them all),
-    but for a submit's `cached` and `joined` and an error's `state`: mark them required,
-    so that a client, and the fuzzing, may count on them."""
+    """Mark every field of an answer's schema required, and no other field allowed: the
+    answers carry them all (DumpPlan and dump write every field), but for a submit's
+    `cached` and `joined` and an error's `state`. A client, and the fuzzing, may count on
+    them."""
     optional = {("Submitted", "cached"), ("Submitted", "joined"), ("Error", "state")}
     requests = {"SubmitRequest"} | {
         op.query.__name__.removesuffix("Schema") for op in OPERATIONS if op.query

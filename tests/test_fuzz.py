@@ -5,7 +5,7 @@ refresh on the id it answered). Every answer must be no 5xx, conform to the docu
 (status, media type, headers, body) and come within 5 s.
 
 Deterministic in what it generates (a fixed seed, no example database, no shrinking)
-and bounded: ATHENAQ_FUZZ_EXAMPLES sets the examples per operation and mode (CI: 50),
+and bounded: ATHENAQ_FUZZ_EXAMPLES sets the examples per operation and mode (CI: 60),
 ATHENAQ_FUZZ_SCENARIOS the stateful scenarios (twice that); bench/fuzz.py runs it larger.
 tox runs it once, over MariaDB (the `fuzz` marker keeps it out of the SQLite and
 local-engine environments). The count of requests, by operation and status, is written
@@ -41,7 +41,7 @@ from tests.served import served, served_config
 pytestmark = pytest.mark.fuzz
 
 # Examples per operation and generation mode, and stateful scenarios, in CI.
-EXAMPLES = int(os.environ.get("ATHENAQ_FUZZ_EXAMPLES", "50"))
+EXAMPLES = int(os.environ.get("ATHENAQ_FUZZ_EXAMPLES", "60"))
 SCENARIOS = int(os.environ.get("ATHENAQ_FUZZ_SCENARIOS", str(EXAMPLES * 2)))
 MIN_REQUESTS = 1_000
 # Suites of stateful scenarios at most (each cut short by a change of the server's state).
@@ -257,5 +257,6 @@ async def test_generated_requests_meet_the_document(
     with capsys.disabled():
         print(f"\n{report}")
     assert not tally.failures, "\n\n".join([report, *tally.failures.values()])
-    assert tally.requests >= MIN_REQUESTS, report
+    # Those with the key: schemathesis's probes without one all meet the same 401.
+    assert tally.requests - tally.by_status[401] >= MIN_REQUESTS, report
     assert tally.slowest <= MAX_SECONDS, report

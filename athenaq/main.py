@@ -1,7 +1,9 @@
 """`athenaq serve --config PATH`: load the config, serve until SIGTERM or SIGINT, exit 0.
 `athenaq migrate --config PATH`: bring the database's schema to this release's revision.
 `athenaq keys create | list | revoke --config PATH`: make, list and revoke API keys.
-`athenaq --config PATH` is the first releases' form of `serve`."""
+`athenaq --config PATH` is the first releases' form of `serve`.
+`athenaq query | status | cancel | refresh | history | list | usage`: a running
+service's client (athenaq.cli), which loads nothing of the service."""
 
 from __future__ import annotations
 
@@ -14,13 +16,13 @@ from collections.abc import Callable
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
-from loguru import logger
+from athenaq import cli
 
-from athenaq.config import Config, ConfigError, load_config
-from athenaq.logs import setup_logging
-
+# Imported where they are used, so that the client commands never load the service's
+# stack (the config pulls in marshmallow and sqlglot, the service Tornado and aiobotocore).
 if TYPE_CHECKING:
     from athenaq.app import Service
+    from athenaq.config import Config
 
 
 async def serve(config: Config, started: Callable[[Service], object] | None = None) -> None:
@@ -28,6 +30,8 @@ async def serve(config: Config, started: Callable[[Service], object] | None = No
     called with the service once it serves."""
     # Imported only once the config is good: the service pulls in aiobotocore and numpy,
     # seconds of imports a bad config need not wait for.
+    from loguru import logger
+
     from athenaq.app import Service
 
     stopping = asyncio.Event()
@@ -99,9 +103,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         command = commands.add_parser(name, help=summary, description=summary)
         if name != "keys":
             command.add_argument("--config", required=True, help="path of the JSON config file")
-    from athenaq.keys import add_arguments  # only what the parser needs: no service imports
+    if argv[:1] == ["keys"]:
+        # Only for `keys`: athenaq.keys loads the config's modules.
+        from athenaq.keys import add_arguments
 
-    add_arguments(commands.choices["keys"])
+        add_arguments(commands.choices["keys"])
+    cli.add_commands(commands)
     commands.choices["serve"].add_argument(
         "--log-level",
         type=str.upper,
@@ -109,13 +116,21 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         default="INFO",
         help="the least severe log lines written (default INFO; DEBUG adds the engine's)",
     )
-    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
-        argv = ["serve", *argv]
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in (*COMMANDS, *cli.COMMANDS, "-h", "--help", "--version"):
+        argv = ["serve", *argv]
+    args = _parse(argv)
+    if args.command in cli.COMMANDS:
+        return cli.run(args)
+    from loguru import logger
+
+    from athenaq.config import ConfigError, load_config
+    from athenaq.logs import setup_logging
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:

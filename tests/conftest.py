@@ -488,6 +488,29 @@ def body(response: HTTPResponse) -> Any:
     return json.loads(response.body)
 
 
+def held_submit(
+    http: AsyncHTTPClient, url: str, release: asyncio.Event, headers: dict[str, str] | None = None
+) -> asyncio.Future[HTTPResponse]:
+    """A submit to the service at `url` whose body stops half-way until `release` is set:
+    a request under way, counted in flight, for as long as the test wants."""
+
+    async def body_held_until_release(write: Callable[[bytes], Awaitable[None]]) -> None:
+        await write(b'{"query": "SELECT 1')
+        await release.wait()
+        await write(b'"}')
+
+    return asyncio.ensure_future(
+        http.fetch(
+            url + "/query",
+            method="POST",
+            headers={"Content-Type": "application/json", **(headers or {})},
+            body_producer=body_held_until_release,
+            raise_error=False,
+            request_timeout=30,
+        )
+    )
+
+
 @pytest.fixture
 async def start_service() -> AsyncIterator[Callable[..., Awaitable[Service]]]:
     """Start services on free ports; every one still running is stopped after the test."""

@@ -25,7 +25,7 @@ from athenaq.client import APIError, AsyncClient, Client, Retries, Unreachable, 
 from athenaq.config import Config
 from athenaq.store import Store
 from tests.athena_double import AthenaDouble
-from tests.conftest import free_port, make_key, wait_for, with_keys
+from tests.conftest import free_port, held_submit, make_key, wait_for, with_keys
 from tests.tcpproxy import TcpProxy
 
 StartService = Callable[[Config], Awaitable[Service]]
@@ -355,22 +355,8 @@ async def test_a_503_overloaded_is_retried_until_the_load_is_gone(
     in_flight = service._ctx.in_flight  # type: ignore[union-attr]
     release = asyncio.Event()
 
-    async def body_held_until_release(write: Callable[[bytes], Awaitable[None]]) -> None:
-        await write(b'{"query": "SELECT 1')
-        await release.wait()
-        await write(b'"}')
-
     http = AsyncHTTPClient(force_instance=True)
-    held = asyncio.ensure_future(
-        http.fetch(
-            service.url + "/query",
-            method="POST",
-            headers={"Content-Type": "application/json"},
-            body_producer=body_held_until_release,
-            raise_error=False,
-            request_timeout=30,
-        )
-    )
+    held = held_submit(http, service.url, release)
     await wait_for(lambda: in_flight.count == 1, what="a request in flight")
     async with AsyncClient(service.url) as athenaq:
         started = time.monotonic()

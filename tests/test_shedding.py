@@ -20,7 +20,16 @@ from athenaq.config import Config as ServiceConfig
 from athenaq.config import ConfigError, parse_config
 from athenaq.identity import METRICS
 from athenaq.store import Store
-from tests.conftest import V1_CONFIG, Client, body, config_with, make_key, wait_for, with_keys
+from tests.conftest import (
+    V1_CONFIG,
+    Client,
+    body,
+    config_with,
+    held_submit,
+    make_key,
+    wait_for,
+    with_keys,
+)
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 JSON = {"Content-Type": "application/json"}
@@ -72,25 +81,8 @@ async def test_past_the_limit_requests_are_shed_at_once_and_pass_again_after(
     in_flight = service._ctx.in_flight  # type: ignore[union-attr]
     release = asyncio.Event()
 
-    async def body_held_until_release(write: Callable[[bytes], Awaitable[None]]) -> None:
-        await write(b'{"query": "SELECT 1')
-        await release.wait()
-        await write(b'"}')
-
     # Two submits whose bodies stop half-way: under way, counted, until released.
-    held = [
-        asyncio.ensure_future(
-            http.fetch(
-                service.url + "/query",
-                method="POST",
-                headers={**JSON, **client.headers},
-                body_producer=body_held_until_release,
-                raise_error=False,
-                request_timeout=30,
-            )
-        )
-        for _ in range(2)
-    ]
+    held = [held_submit(http, service.url, release, client.headers) for _ in range(2)]
     await wait_for(lambda: in_flight.count == 2, what="two requests in flight")
 
     started = time.monotonic()

@@ -93,13 +93,13 @@ def _query(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=int, metavar="SECONDS", help="stop the query after this long"
     )
-    parser.add_argument("--callback-url", metavar="URL", help="a webhook for its end")
     parser.add_argument(
         "--idempotency-key",
         metavar="KEY",
         help="the submit's Idempotency-Key (default: a new one): the same key within 24 "
         "hours gets the same query back",
     )
+    parser.add_argument("--callback-url", metavar="URL", help="a webhook for its end")
     parser.add_argument(
         "--wait",
         action=argparse.BooleanOptionalAction,

@@ -9,22 +9,9 @@ from typing import Any, TypeVar, Unpack, cast
 
 import httpx
 
+from athenaq.client import types as api
 from athenaq.client.files import Target
 from athenaq.client.flows import Base, Flow, Pager, Pause, Step, unreachable
-from athenaq.client.types import (
-    Accepted,
-    DownloadOptions,
-    History,
-    ListFilters,
-    PageOptions,
-    ResultPage,
-    Status,
-    Submission,
-    SubmitFields,
-    Usage,
-    UsageFilters,
-    WaitOptions,
-)
 
 T = TypeVar("T")
 
@@ -58,45 +45,47 @@ class AsyncClient(Base[httpx.AsyncClient]):
         """Close the client's connections."""
         await self._http.aclose()
 
-    async def submit(self, sql: str, /, **fields: Unpack[SubmitFields]) -> Submission:
+    async def submit(self, sql: str, /, **fields: Unpack[api.SubmitFields]) -> api.Submission:
         """Submit `sql` with the optional fields and Idempotency-Key (Client.submit)."""
         return await self._run(self._flows.submit(sql, fields))
 
-    async def status(self, query_id: str) -> Status:
+    async def status(self, query_id: str) -> api.Status:
         """The query's status object."""
         return await self._run(self._flows.status(query_id))
 
-    async def wait(self, query_id: str, **options: Unpack[WaitOptions]) -> Status:
+    async def wait(self, query_id: str, **options: Unpack[api.WaitOptions]) -> api.Status:
         """The status once the query is finished, by long-polls (Client.wait)."""
         return await self._run(self._flows.wait(query_id, options))
 
-    def results(self, query_id: str, **options: Unpack[PageOptions]) -> AsyncIterator[ResultPage]:
+    def results(
+        self, query_id: str, **options: Unpack[api.PageOptions]
+    ) -> AsyncIterator[api.ResultPage]:
         """The query's results page by page, each fetched as iterated (Client.results)."""
         return self._each(self._flows.results(query_id, options))
 
     async def download(
-        self, query_id: str, target: Target, **options: Unpack[DownloadOptions]
+        self, query_id: str, target: Target, **options: Unpack[api.DownloadOptions]
     ) -> int:
         """Stream the whole result to `target`, whole or not at all (Client.download)."""
         return await self._run(self._flows.download(query_id, target, options))
 
-    async def cancel(self, query_id: str) -> Accepted:
+    async def cancel(self, query_id: str) -> api.Accepted:
         """Cancel the query (Client.cancel)."""
         return await self._run(self._flows.cancel(query_id))
 
-    async def refresh(self, query_id: str) -> Accepted:
+    async def refresh(self, query_id: str) -> api.Accepted:
         """Run the finished query again: QUEUED."""
         return await self._run(self._flows.refresh(query_id))
 
-    async def history(self, query_id: str) -> History:
+    async def history(self, query_id: str) -> api.History:
         """Every move of the query, every run, oldest first."""
         return await self._run(self._flows.history(query_id))
 
-    async def usage(self, **filters: Unpack[UsageFilters]) -> Usage:
+    async def usage(self, **filters: Unpack[api.UsageFilters]) -> api.Usage:
         """Counts, bytes scanned and cost of the caller's queries (Client.usage)."""
         return await self._run(self._flows.usage(filters))
 
-    def list(self, **filters: Unpack[ListFilters]) -> AsyncIterator[Status]:
+    def list(self, **filters: Unpack[api.ListFilters]) -> AsyncIterator[api.Status]:
         """The caller's queries, newest first, page by page as iterated (Client.list)."""
         return self._each(self._flows.listing(filters))
 

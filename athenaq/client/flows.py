@@ -26,23 +26,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from athenaq.client import types as api
 from athenaq.client.errors import APIError, Unreachable, WaitTimeout
 from athenaq.client.files import Sink, Target
-from athenaq.client.types import (
-    FINAL_STATES,
-    Accepted,
-    DownloadOptions,
-    History,
-    ListFilters,
-    PageOptions,
-    ResultPage,
-    Status,
-    Submission,
-    SubmitFields,
-    Usage,
-    UsageFilters,
-    WaitOptions,
-)
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -309,7 +295,7 @@ class Flows:
     def _answer(self, call: Call) -> Flow[Any]:
         return answer(call, self.retries)
 
-    def submit(self, sql: str, fields: SubmitFields) -> Flow[Submission]:
+    def submit(self, sql: str, fields: api.SubmitFields) -> Flow[api.Submission]:
         """POST /query, with an Idempotency-Key (a new UUID when none is given), so that
         the retries of a 429 or 503 never start the query twice."""
         options = {name: value for name, value in fields.items() if value is not None}
@@ -318,12 +304,12 @@ class Flows:
                     headers={"Idempotency-Key": key})  # fmt: skip
         response = yield from exchange(call, self.retries)
         raise_for_error(response)
-        submission = cast(Submission, response.json())
+        submission = cast(api.Submission, response.json())
         submission["idempotency_key"] = key
         submission["replayed"] = response.headers.get("Idempotent-Replayed") == "true"
         return submission
 
-    def status(self, query_id: str, wait: int | None = None) -> Flow[Status]:
+    def status(self, query_id: str, wait: int | None = None) -> Flow[api.Status]:
         """GET /query/<id>/status; with `wait`, a long-poll of up to that many seconds."""
         call = Call(
             "GET",
@@ -331,9 +317,9 @@ class Flows:
             _params(wait=wait),
             extra_seconds=wait or 0,
         )
-        return cast(Status, (yield from self._answer(call)))
+        return cast(api.Status, (yield from self._answer(call)))
 
-    def wait(self, query_id: str, options: WaitOptions) -> Flow[Status]:
+    def wait(self, query_id: str, options: api.WaitOptions) -> Flow[api.Status]:
         """The status once the query is finished, by long-polls; WaitTimeout past the
         deadline (to within a second)."""
         timeout, on_status = options.get("timeout"), options.get("on_status")
@@ -343,7 +329,7 @@ class Flows:
         while True:
             if on_status is not None:
                 on_status(status)
-            if status["state"] in FINAL_STATES:
+            if status["state"] in api.FINAL_STATES:
                 return status
             wait = poll
             if timeout is not None:
@@ -353,13 +339,13 @@ class Flows:
                 wait = min(wait, max(1, math.ceil(left)))
             status = yield from self.status(query_id, wait)
 
-    def results(self, query_id: str, options: PageOptions) -> Pager[ResultPage]:
+    def results(self, query_id: str, options: api.PageOptions) -> Pager[api.ResultPage]:
         """The pages of GET /query/<id>/results."""
         path = f"/query/{_segment(query_id)}/results"
         params = {"offset": options.get("offset", 0), "limit": options.get("page_size", 1000)}
         return Pager(path, params, lambda document: [document], self.retries)
 
-    def download(self, query_id: str, target: Target, options: DownloadOptions) -> Flow[int]:
+    def download(self, query_id: str, target: Target, options: api.DownloadOptions) -> Flow[int]:
         """GET /query/<id>/results?format=..., streamed to `target`; the bytes written."""
         result_format = options.get("format", "csv")
         if result_format not in ("csv", "jsonl"):
@@ -372,17 +358,17 @@ class Flows:
         raise_for_error(response)
         return sink.received
 
-    def cancel(self, query_id: str) -> Flow[Accepted]:
+    def cancel(self, query_id: str) -> Flow[api.Accepted]:
         """POST /query/<id>/cancel."""
         call = Call("POST", f"/query/{_segment(query_id)}/cancel", replayable=False)
-        return cast(Accepted, (yield from self._answer(call)))
+        return cast(api.Accepted, (yield from self._answer(call)))
 
-    def refresh(self, query_id: str) -> Flow[Accepted]:
+    def refresh(self, query_id: str) -> Flow[api.Accepted]:
         """POST /query/<id>/refresh."""
         call = Call("POST", f"/query/{_segment(query_id)}/refresh", replayable=False)
-        return cast(Accepted, (yield from self._answer(call)))
+        return cast(api.Accepted, (yield from self._answer(call)))
 
-    def listing(self, filters: ListFilters) -> Pager[Status]:
+    def listing(self, filters: api.ListFilters) -> Pager[api.Status]:
         """The pages of GET /queries, newest first, following its cursor."""
         label = filters.get("label")
         params = _params(
@@ -395,19 +381,19 @@ class Flows:
         )
         return Pager("/queries", params, lambda document: document["queries"], self.retries)
 
-    def history(self, query_id: str) -> Flow[History]:
+    def history(self, query_id: str) -> Flow[api.History]:
         """GET /query/<id>/history."""
         call = Call("GET", f"/query/{_segment(query_id)}/history")
-        return cast(History, (yield from self._answer(call)))
+        return cast(api.History, (yield from self._answer(call)))
 
-    def usage(self, filters: UsageFilters) -> Flow[Usage]:
+    def usage(self, filters: api.UsageFilters) -> Flow[api.Usage]:
         """GET /usage."""
         params = _params(
             since=_time(filters.get("since")),
             until=_time(filters.get("until")),
             group_by=filters.get("group_by", "owner"),
         )
-        return cast(Usage, (yield from self._answer(Call("GET", "/usage", params))))
+        return cast(api.Usage, (yield from self._answer(Call("GET", "/usage", params))))
 
 
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)

@@ -9,22 +9,9 @@ from typing import Any, TypeVar, Unpack, cast
 
 import httpx
 
+from athenaq.client import types as api
 from athenaq.client.files import Target
 from athenaq.client.flows import Base, Flow, Pager, Pause, Step, unreachable
-from athenaq.client.types import (
-    Accepted,
-    DownloadOptions,
-    History,
-    ListFilters,
-    PageOptions,
-    ResultPage,
-    Status,
-    Submission,
-    SubmitFields,
-    Usage,
-    UsageFilters,
-    WaitOptions,
-)
 
 T = TypeVar("T")
 
@@ -65,7 +52,7 @@ class Client(Base[httpx.Client]):
         """Close the client's connections."""
         self._http.close()
 
-    def submit(self, sql: str, /, **fields: Unpack[SubmitFields]) -> Submission:
+    def submit(self, sql: str, /, **fields: Unpack[api.SubmitFields]) -> api.Submission:
         """Submit `sql`; `fields` are the submit's optional fields (database, workgroup,
         catalog, parameters, labels, result_reuse_minutes, timeout_seconds, callback_url,
         max_age_seconds: see SubmitFields) and its idempotency_key. Answers at once:
@@ -74,47 +61,51 @@ class Client(Base[httpx.Client]):
         first answer back, `replayed`, and starts nothing."""
         return self._run(self._flows.submit(sql, fields))
 
-    def status(self, query_id: str) -> Status:
+    def status(self, query_id: str) -> api.Status:
         """The query's status object."""
         return self._run(self._flows.status(query_id))
 
-    def wait(self, query_id: str, **options: Unpack[WaitOptions]) -> Status:
+    def wait(self, query_id: str, **options: Unpack[api.WaitOptions]) -> api.Status:
         """The status once the query is SUCCEEDED, FAILED or CANCELLED, waited for with
         long-polls, each answered as soon as the query finishes (options: `timeout`,
         `poll`, `on_status`; see WaitOptions)."""
         return self._run(self._flows.wait(query_id, options))
 
-    def results(self, query_id: str, **options: Unpack[PageOptions]) -> Iterator[ResultPage]:
+    def results(
+        self, query_id: str, **options: Unpack[api.PageOptions]
+    ) -> Iterator[api.ResultPage]:
         """The query's results page by page, each asked for only once the one before
         has been taken (options: `page_size`, `offset`)."""
         return self._each(self._flows.results(query_id, options))
 
-    def download(self, query_id: str, target: Target, **options: Unpack[DownloadOptions]) -> int:
+    def download(
+        self, query_id: str, target: Target, **options: Unpack[api.DownloadOptions]
+    ) -> int:
         """Stream the whole result to `target`, a path or a binary stream, as CSV or
         JSON lines (options: `format`, `progress`); the bytes written. A path is
         written whole or not at all: a temporary file beside it is renamed over it once
         complete, and removed on an error."""
         return self._run(self._flows.download(query_id, target, options))
 
-    def cancel(self, query_id: str) -> Accepted:
+    def cancel(self, query_id: str) -> api.Accepted:
         """Cancel the query: CANCELLED once Athena confirmed the stop, or
         `cancel_requested` when the service finishes the cancel later."""
         return self._run(self._flows.cancel(query_id))
 
-    def refresh(self, query_id: str) -> Accepted:
+    def refresh(self, query_id: str) -> api.Accepted:
         """Run the finished query again, a new Athena execution: QUEUED."""
         return self._run(self._flows.refresh(query_id))
 
-    def history(self, query_id: str) -> History:
+    def history(self, query_id: str) -> api.History:
         """Every move of the query, every run, oldest first."""
         return self._run(self._flows.history(query_id))
 
-    def usage(self, **filters: Unpack[UsageFilters]) -> Usage:
+    def usage(self, **filters: Unpack[api.UsageFilters]) -> api.Usage:
         """Counts, bytes scanned and cost of the caller's queries (filters: `since`,
         `until`, `group_by`)."""
         return self._run(self._flows.usage(filters))
 
-    def list(self, **filters: Unpack[ListFilters]) -> Iterator[Status]:
+    def list(self, **filters: Unpack[api.ListFilters]) -> Iterator[api.Status]:
         """The caller's queries, newest first, following the listing's cursor as the
         iteration goes on (filters: `state`, `label`, `since`, `until`, `owner`,
         `page_size`)."""

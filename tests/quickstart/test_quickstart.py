@@ -1,8 +1,10 @@
 """The README's quick start, as a newcomer runs it: a fresh virtualenv, `pip install` of
 the checkout, `athenaq --config etc/local.json` in an empty directory with no AWS
-credentials and no database server, then tools/exercise.sh against it. Then the same
-with the production example's `auth` and `sql` (API keys, read-only statements): a key
-made with `athenaq keys create`, and tools/exercise.sh with it."""
+credentials and no database server; then the README's `athenaq query ... -o
+answer.csv`, tools/exercise.sh against it, and tools/exercise_client.sh, the walk of
+exercise.sh with the installed `athenaq` command line. Then the same with the
+production example's `auth` and `sql` (API keys, read-only statements): a key made with
+`athenaq keys create`, and all three with it."""
 
 from __future__ import annotations
 
@@ -76,13 +78,16 @@ async def serve_and_exercise(venv: Path, newcomer: Path, *, keys: bool) -> None:
         key, said = await asyncio.wait_for(made.communicate(), timeout=120)
         assert made.returncode == 0, said.decode()
         env["ATHENAQ_KEY"] = key.decode().strip()
-    server = subprocess.Popen(
-        [str(venv / "bin" / "athenaq"), "--config", "etc/local.json"],
-        cwd=newcomer,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # The log goes to a file: a pipe read only at the end fills up (64 KiB) under both
+    # walks' requests, and a server blocked on writing its log answers nothing.
+    log = newcomer / "server.log"
+    with log.open("w") as log_file:
+        server = subprocess.Popen(
+            [str(venv / "bin" / "athenaq"), "--config", "etc/local.json"],
+            cwd=newcomer,
+            env=env,
+            stderr=log_file,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         http = AsyncHTTPClient()
@@ -94,27 +99,38 @@ async def serve_and_exercise(venv: Path, newcomer: Path, *, keys: bool) -> None:
                 return False
 
         await wait_for(healthy, timeout=60, what="the quick-start server to answer")
-        exercise = await asyncio.create_subprocess_exec(
-            shutil.which("bash") or "bash",
-            str(ROOT / "tools" / "exercise.sh"),
-            url,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-        output, _ = await asyncio.wait_for(exercise.communicate(), timeout=300)
-        text = output.decode()
-        assert exercise.returncode == 0, text[-4000:]
-        assert "checks passed" in text.splitlines()[-1]
-        if keys:
-            assert "owner=exercise" in text and "unauthorized (wrong key)" in text
-            assert env["ATHENAQ_KEY"] not in text
+        # The README's next command, as it reads: SQL to a CSV file in one command.
+        query = await asyncio.create_subprocess_exec(
+            str(venv / "bin" / "athenaq"), "query", "SELECT 42 AS answer", "-o", "answer.csv",
+            cwd=newcomer, env={**env, "ATHENAQ_URL": url},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, said = await asyncio.wait_for(query.communicate(), timeout=120)
+        assert query.returncode == 0, said.decode()
+        assert (newcomer / "answer.csv").read_text() == '"answer"\n"42"\n'
+        # The API's walk with curl, then the same with the installed command line.
+        for script in ("exercise.sh", "exercise_client.sh"):
+            walk = await asyncio.create_subprocess_exec(
+                shutil.which("bash") or "bash",
+                str(ROOT / "tools" / script),
+                url,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**env, "ATHENAQ": str(venv / "bin" / "athenaq")},
+            )
+            output, _ = await asyncio.wait_for(walk.communicate(), timeout=300)
+            text = output.decode()
+            assert walk.returncode == 0, f"{script}: {text[-4000:]}"
+            assert "checks passed" in text.splitlines()[-1]
+            if keys:
+                assert "owner=exercise" in text and "unauthorized (wrong key)" in text
+                assert env["ATHENAQ_KEY"] not in text
         assert (newcomer / "athenaq.db").is_file()
         assert (newcomer / "results").is_dir()
         server.send_signal(signal.SIGTERM)
-        _, stderr = server.communicate(timeout=60)
-        assert server.returncode == 0, stderr[-3000:]
+        server.wait(timeout=60)
+        assert server.returncode == 0, log.read_text()[-3000:]
     finally:
         if server.poll() is None:
             server.kill()
-            server.communicate()
+            server.wait()

@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.parsers import AioJSONParser, AioResponseParserFactory
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
-from botocore.loaders import Loader, create_loader
+from botocore.loaders import create_loader
 from botocore.utils import parse_timestamp
 from loguru import logger
 
@@ -283,11 +283,18 @@ def _cells(row: dict[str, Any]) -> list[str | None]:
 
 
 @functools.cache
-def _models(data_path: str | None) -> Loader:
-    """botocore's loader of service models, one per process: a new session parses the
-    Athena and S3 models and the endpoint tables again (about 50 ms of CPU per client),
-    and the models never change while the process runs."""
-    return create_loader(data_path)
+def _session() -> AioSession:
+    """botocore's session, one per process, with one loader of service models: a new
+    session registers botocore's handlers again (about 20 ms of CPU) and parses the Athena
+    and S3 models and the endpoint tables again (about 50 ms per client), and none of it
+    changes while the process runs (each client is given its own config)."""
+    session = get_session()
+    models = create_loader(session.get_config_variable("data_path"))
+    session.register_component("data_loader", models)
+    parsers = _ParserFactory()
+    parsers.set_parser_defaults(timestamp_parser=_timestamp)
+    session.register_component("response_parser_factory", parsers)
+    return session
 
 
 class Athena:
@@ -326,11 +333,7 @@ class Athena:
 
         The S3 client (result objects) shares the region and credentials; against an
         S3-compatible endpoint it addresses buckets by path, as such endpoints expect."""
-        session = get_session()
-        session.register_component("data_loader", _models(session.get_config_variable("data_path")))
-        parsers = _ParserFactory()
-        parsers.set_parser_defaults(timestamp_parser=_timestamp)
-        session.register_component("response_parser_factory", parsers)
+        session = _session()
         timeout = config.call_timeout_seconds
         user_agent = session.user_agent()
         if session.user_agent_extra:

@@ -55,7 +55,7 @@ async def release_all(double: AthenaDouble, count: int, timeout: float = 30) -> 
     return list(double.executions())
 
 
-async def all_succeeded(store: Store, ids: list[str], timeout: float = 30) -> None:
+async def all_succeeded(store: Store, ids: list[str], timeout: float = 90) -> None:
     async def done() -> bool:
         return not await store.unfinished()
 

@@ -38,7 +38,9 @@ from tests.athena_double import AthenaDouble
 from tests.conftest import LOADED_STORE_TIMEOUT, make_key
 from tests.served import served, served_config
 
-pytestmark = pytest.mark.fuzz
+# Bounded by its examples, not by time: 35 s alone, three times that and more on a machine
+# running the rest of CI beside it, past the suite's 120 s per test.
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(600)]
 
 # Examples per operation and generation mode, and stateful scenarios, in CI.
 EXAMPLES = int(os.environ.get("ATHENAQ_FUZZ_EXAMPLES", "60"))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal, cast
 
 from sqlalchemy import Dialect, Engine, PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -23,6 +23,9 @@ from sqlalchemy.util import greenlet_spawn
 
 from athenaq.store.database import begin_statement
 from athenaq.store.outage import is_disconnect
+
+# What a statement's run gives back: the rows it changed, its first row, or every row.
+_Fetch = Literal["count", "one", "all"]
 
 
 class Prepared:
@@ -80,42 +83,26 @@ class DriverConnection:
         self._connection = connection
         self._pool = pool
         self.dialect = pool.dialect
+        # Inside `DriverPool.transaction`: whether the block's end is to commit it.
+        self.in_transaction = False
 
     async def execute(self, statement: ClauseElement | str, params: dict[str, Any]) -> int:
         """Run a statement; the rows it changed (matched, on MySQL: SQLAlchemy connects
         with the FOUND_ROWS flag)."""
         sql, args = self._bound(statement, params)
-        if self._pool.sqlite:
-            async with self._connection.execute(sql, args) as cursor:
-                return int(cursor.rowcount)
-        async with self._connection.cursor() as cursor:
-            await cursor.execute(sql, args)
-            return int(cursor.rowcount)
+        return int(await self._run(sql, args, "count"))
 
     async def first(
         self, statement: ClauseElement, params: dict[str, Any]
     ) -> dict[str, Any] | None:
         """The first row of a SELECT as a dict by column, or None."""
         prepared = self._pool.prepared(statement, params)
-        args = prepared.args(params)
-        if self._pool.sqlite:
-            async with self._connection.execute(prepared.sql, args) as cursor:
-                return prepared.row(await cursor.fetchone())
-        async with self._connection.cursor() as cursor:
-            await cursor.execute(prepared.sql, args)
-            return prepared.row(await cursor.fetchone())
+        return prepared.row(await self._run(prepared.sql, prepared.args(params), "one"))
 
     async def all(self, statement: ClauseElement, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Every row of a SELECT, each as a dict by column."""
         prepared = self._pool.prepared(statement, params)
-        args = prepared.args(params)
-        if self._pool.sqlite:
-            async with self._connection.execute(prepared.sql, args) as cursor:
-                found = await cursor.fetchall()
-        else:
-            async with self._connection.cursor() as cursor:
-                await cursor.execute(prepared.sql, args)
-                found = await cursor.fetchall()
+        found = await self._run(prepared.sql, prepared.args(params), "all")
         return [row for row in map(prepared.row, found) if row is not None]
 
     async def tuples(
@@ -127,13 +114,23 @@ class DriverConnection:
         prepared = self._pool.prepared(statement, params)
         if any(convert is not None for convert in prepared.converters):
             raise ValueError(f"values to convert: {prepared.sql}")
-        args = prepared.args(params)
+        return list(await self._run(prepared.sql, prepared.args(params), "all"))
+
+    async def rollback(self) -> None:
+        """Undo the statements of the transaction so far and end it: the end of its block
+        commits nothing, and the connection is pooled again as it is."""
+        await self._run("ROLLBACK", (), "count")
+        self.in_transaction = False
+
+    async def _run(self, sql: str, args: tuple[Any, ...], fetch: _Fetch) -> Any:
+        if self._pool.on_statement is not None:
+            self._pool.on_statement(sql)
         if self._pool.sqlite:
-            async with self._connection.execute(prepared.sql, args) as cursor:
-                return list(await cursor.fetchall())
+            async with self._connection.execute(sql, args) as cursor:
+                return await _fetched(cursor, fetch)
         async with self._connection.cursor() as cursor:
-            await cursor.execute(prepared.sql, args)
-            return list(await cursor.fetchall())
+            await cursor.execute(sql, args)
+            return await _fetched(cursor, fetch)
 
     async def scalar(self, statement: ClauseElement, params: dict[str, Any]) -> Any:
         """The first column of the first row, or None."""
@@ -171,6 +168,9 @@ class DriverPool:
         # The threads of SQLite connections closed while a statement may still run in
         # them (waiting for a lock): they end with it, and `wait_closed` waits for them.
         self._closing: list[threading.Thread] = []
+        # Called with the SQL of each statement run on a connection of this pool, before
+        # it runs (a test counts what a store operation sends with it).
+        self.on_statement: Callable[[str], None] | None = None
 
     def prepared(self, statement: ClauseElement, params: dict[str, Any]) -> Prepared:
         key = (statement, frozenset(params))
@@ -211,11 +211,15 @@ class DriverPool:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[DriverConnection]:
         """A connection whose statements commit together when the block ends, or not at
-        all (see `database.begin_statement` for SQLite's lock)."""
+        all (see `database.begin_statement` for SQLite's lock): a block that fails leaves
+        them to the server to undo, and one that calls `rollback` commits nothing."""
         async with self.connect() as conn:
             await conn.execute(self._begin, {})
+            conn.in_transaction = True
             yield conn
-            await conn.execute("COMMIT", {})
+            if conn.in_transaction:
+                await conn.execute("COMMIT", {})
+                conn.in_transaction = False
 
     def _discard(self, connection: PoolProxiedConnection, exc: BaseException) -> None:
         # Outside a greenlet SQLAlchemy closes the connection at once, without the polite
@@ -241,6 +245,14 @@ class DriverPool:
         for thread in self._closing:
             await asyncio.to_thread(thread.join)
         self._closing.clear()
+
+
+async def _fetched(cursor: Any, fetch: _Fetch) -> Any:
+    if fetch == "count":
+        return cursor.rowcount
+    if fetch == "one":
+        return await cursor.fetchone()
+    return await cursor.fetchall()
 
 
 def _give_back(checkout: asyncio.Future[PoolProxiedConnection]) -> None:

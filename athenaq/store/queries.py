@@ -49,7 +49,17 @@ from athenaq.states import (
     SubmitOptions,
     Transition,
 )
-from athenaq.store import admission, cache, deliveries, idempotent, keys, listing, schema, watch
+from athenaq.store import (
+    admission,
+    cache,
+    deliveries,
+    idempotent,
+    keys,
+    listing,
+    moves,
+    schema,
+    watch,
+)
 from athenaq.store.counts import StateCounts, count_by_state
 from athenaq.store.database import DEFAULT_CALL_TIMEOUT_SECONDS, open_engine, transaction
 from athenaq.store.driver import DriverConnection, DriverPool
@@ -572,23 +582,68 @@ class Store:
                 await keys.check_running(conn, current.owner, running_limit)
             if not await _compare_and_set(conn, current, {"state": to_state.value, **changes}, now):
                 return False  # nothing written: the commit has nothing to commit
-            scanned = changes.get("data_scanned_bytes")
-            if to_state.is_finished and scanned:
-                await keys.add_usage(conn, current.owner, now.date().isoformat(), scanned)
-            await conn.execute(
-                _INSERT_TRANSITION,
-                {
-                    "query_id": current.id,
-                    "from_state": current.state.value,
-                    "to_state": to_state.value,
-                    "reason": reason,
-                    "at": now,
-                    "caused_by": by,
-                },
-            )
-            if callback is not None:
-                await deliveries.enqueue(conn, [callback], now)
+            move = moves.Move(current, to_state, reason, changes, callback)
+            await self._moved_with(conn, [move], by, now)
         return True
+
+    async def transitions(self, batch: Sequence[moves.Move], *, by: str) -> list[bool]:
+        """Compare-and-set each move's query to its state, as `transition` does one, all
+        in one transaction: one UPDATE for the batch (each row under its own guard), one
+        usage upsert per owner of runs it finishes, one INSERT of the history rows, and
+        the webhook deliveries. Returns, for each move, whether it was written: a move
+        whose query another writer changed since its record was read writes nothing, and
+        the others are written together (see moves.py for what a batch may set).
+
+        When a guard does not hold, the transaction is rolled back, the rows' versions
+        read, and the moves that still stand written again; a batch that loses a second
+        time is given up (every move of it False): the caller reads them again."""
+        moves.check(batch)
+        if len(batch) == 1:  # the one compare-and-set of `transition`, no CASE to build
+            move = batch[0]
+            return [
+                await self.transition(
+                    move.current,
+                    move.to_state,
+                    move.reason,
+                    dict(move.changes),
+                    by=by,
+                    callback=move.callback,
+                )
+            ]
+        now = utcnow()
+        pending = list(batch)
+        async with Deadline(self.timeout):
+            for attempt in range(2):
+                async with self._driver.transaction() as conn:
+                    if await moves.update(conn, pending, now):
+                        await self._moved_with(conn, pending, by, now)
+                        written = {move.current.id for move in pending}
+                        return [move.current.id in written for move in batch]
+                    await conn.rollback()
+                    if attempt == 0:
+                        stands = await moves.standing(conn, pending)
+                        pending = [m for m, kept in zip(pending, stands, strict=True) if kept]
+                if not pending:
+                    break
+        return [False] * len(batch)
+
+    @staticmethod
+    async def _moved_with(
+        conn: DriverConnection, batch: Sequence[moves.Move], by: str, now: datetime
+    ) -> None:
+        """What a batch's moves write with them: the usage of the runs they finish, one
+        upsert per owner; their history rows; their webhook deliveries."""
+        day = now.date().isoformat()
+        scanned: dict[str, int] = {}
+        for move in batch:
+            if move.to_state.is_finished and (more := move.changes.get("data_scanned_bytes")):
+                scanned[move.current.owner] = scanned.get(move.current.owner, 0) + more
+        for owner, total in scanned.items():
+            await keys.add_usage(conn, owner, day, total)
+        await moves.add_history(conn, batch, by, now)
+        callbacks = [move.callback for move in batch if move.callback is not None]
+        if callbacks:
+            await deliveries.enqueue(conn, callbacks, now)
 
     async def update(self, current: QueryRecord, changes: dict[str, Any]) -> bool:
         """Compare-and-set columns other than the state (for instance the Athena execution

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
@@ -38,6 +39,7 @@ from athenaq.states import (
 from athenaq.store import Store
 from athenaq.store.deliveries import Callback
 from athenaq.store.keys import RunningLimitReached
+from athenaq.store.moves import Move
 from athenaq.tasks import KeyedLock
 
 Q = QueryState
@@ -84,6 +86,7 @@ class Machine:
         reason: str | None = None,
         changes: Mapping[str, Any] | None = None,
         running_limit: int | None = None,
+        log: Mapping[str, Any] | None = None,
     ) -> QueryRecord | None:
         """Apply `event`, caused by `by` (a key's name, "poller"), to the query as last
         read (`current`).
@@ -92,38 +95,72 @@ class Machine:
         would make the owner's unfinished queries more than `running_limit`. Returns the
         new record, or None when another writer changed the query since it was read (the
         compare-and-set lost): the caller re-reads and decides again. The query's times
-        are written in the order of its life (_times_in_order)."""
-        target = next_state(current.state, event)
-        columns = _times_in_order(current, target, dict(changes or {}))
-        columns["state_reason"] = reason if target in (Q.FAILED, Q.CANCELLED) else None
-        fields = {"query_id": current.id, "event": event.value, "by": by}
+        are written in the order of its life (_times_in_order). `log`: fields the move's
+        `state changed` line carries besides its own."""
+        step = Step(current, event, reason, changes or {}, log or {})
+        move = self._move(step)
         try:
             moved = await self.store.transition(
                 current,
-                target,
+                move.to_state,
                 reason,
-                columns,
+                dict(move.changes),
                 by=by,
                 running_limit=running_limit,
-                callback=self.callback(current, target, columns),
+                callback=move.callback,
             )
         except RunningLimitReached as exc:
             raise _too_many(exc) from None
+        return self._moved(step, move, moved, by)
+
+    async def apply_all(self, steps: Sequence[Step], *, by: str) -> list[QueryRecord | None]:
+        """`apply` each step, all written in one transaction (Store.transitions: at most
+        MAX_MOVES, setting only the columns of an execution's outcome): each step's new
+        record, or None where its compare-and-set lost, as `apply` returns them. A step
+        that loses does not keep the others from being written. Takes no per-id lock: the
+        compare-and-set alone keeps a step from overwriting another writer's change.
+        Raises IllegalTransition, before anything is written, when the table forbids a
+        step's move."""
+        batch = [self._move(step) for step in steps]
+        written = await self.store.transitions(batch, by=by)
+        return [
+            self._moved(step, move, moved, by)
+            for step, move, moved in zip(steps, batch, written, strict=True)
+        ]
+
+    def _move(self, step: Step) -> Move:
+        """What `step` writes: its state, the columns with its times in order and its
+        state_reason, the webhook delivery it makes."""
+        current = step.current
+        target = next_state(current.state, step.event)
+        columns = _times_in_order(current, target, dict(step.changes))
+        columns["state_reason"] = step.reason if target in (Q.FAILED, Q.CANCELLED) else None
+        callback = self.callback(current, target, columns)
+        return Move(current, target, step.reason, columns, callback)
+
+    def _moved(self, step: Step, move: Move, moved: bool, by: str) -> QueryRecord | None:
+        """Log the outcome of `step`'s write; the new record, told to the `moved` hook,
+        when it was written."""
+        current = move.current
+        fields = {"query_id": current.id, "event": step.event.value, "by": by}
         if not moved:
             logger.info("transition lost a race", state=current.state.value, **fields)
             return None
-        metrics.TRANSITIONS.labels(event.value).inc()
+        metrics.TRANSITIONS.labels(step.event.value).inc()
         logger.info(
             "state changed",
-            athena_query_execution_id=columns.get(
+            athena_query_execution_id=move.changes.get(
                 "athena_execution_id", current.athena_execution_id
             ),
             from_state=current.state.value,
-            state=target.value,
-            reason=reason,
+            state=move.to_state.value,
+            reason=step.reason,
             **fields,
+            **step.log,
         )
-        record = dataclasses.replace(current, state=target, version=current.version + 1, **columns)
+        record = dataclasses.replace(
+            current, state=move.to_state, version=current.version + 1, **move.changes
+        )
         if self.moved is not None:
             self.moved(record)
         return record
@@ -276,6 +313,18 @@ class Machine:
         """The query as stored, if it is unfinished and its execution is `execution_id`."""
         current = await self.store.get(query_id)
         return current if current is not None and tracks(current, execution_id) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One move for `Machine.apply_all`: the query as last read, the event, why, the
+    columns it sets, and fields for its `state changed` line."""
+
+    current: QueryRecord
+    event: Event
+    reason: str | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    log: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _RaceLost(Exception):

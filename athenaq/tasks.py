@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Generic, TypeVar
 
 from loguru import logger
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class TaskRegistry:
@@ -103,3 +107,99 @@ class KeyedLock:
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class Batches(Generic[T, R]):
+    """Items handed in one by one, written in batches: one batch at a time, of the items
+    that came while the one before was written (at most `size`), by the task of the
+    batch's first item. An item that comes while none is written is written at once,
+    alone; the busier the writes, the bigger the batches.
+
+    `write` is given a batch and returns each item's outcome in order, or raises: each
+    item's caller then gets the error. A caller cancelled while its item waits takes the
+    item out (it is written by no one); a writer cancelled mid-batch hands the batch's
+    other items back, first in line, for the next writer."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[Sequence[R]]], size: int) -> None:
+        self._write = write
+        self._size = size
+        self._waiting: deque[_Item[T, R]] = deque()
+        self._writing = False
+
+    async def __call__(self, value: T) -> R:
+        item = _Item[T, R](value)
+        self._waiting.append(item)
+        if not self._writing:
+            self._writing = True
+            item.turn.set_result(None)
+        try:
+            await item.turn
+        except asyncio.CancelledError:
+            item.dropped = True
+            if item.turn.done() and not item.turn.cancelled() and not item.outcome.done():
+                self._pass_on()  # its turn to write came as it was cancelled
+            raise
+        if not item.outcome.done():
+            try:
+                await self._write_next()
+            finally:
+                self._pass_on()
+        return item.outcome.result()
+
+    async def _write_next(self) -> None:
+        """Write the waiting items, the caller's first, up to `size` of them."""
+        batch: list[_Item[T, R]] = []
+        while self._waiting and len(batch) < self._size:
+            item = self._waiting.popleft()
+            if not item.dropped:
+                batch.append(item)
+        try:
+            outcomes = list(
+                zip(batch, await self._write([item.value for item in batch]), strict=True)
+            )
+        except asyncio.CancelledError:
+            # Cut short (a shutdown): written or not, the others try again, first in line.
+            self._waiting.extendleft(reversed(batch[1:]))
+            raise
+        except Exception as exc:
+            for item in batch:
+                item.settle(exc)
+            return
+        for item, outcome in outcomes:
+            item.settle(outcome)
+
+    def _pass_on(self) -> None:
+        """Give the next waiting item's task the turn to write, or let the next item
+        that comes write at once."""
+        for item in self._waiting:
+            if not item.dropped:
+                item.turn.set_result(None)
+                return
+        self._waiting.clear()
+        self._writing = False
+
+
+class _Item(Generic[T, R]):
+    """An item of `Batches`: its value, its turn to write (set when its task is to write
+    the next batch), its outcome, and whether its caller gave up on it."""
+
+    __slots__ = ("dropped", "outcome", "turn", "value")
+
+    def __init__(self, value: T) -> None:
+        loop = asyncio.get_running_loop()
+        self.value = value
+        self.turn: asyncio.Future[None] = loop.create_future()
+        self.outcome: asyncio.Future[R] = loop.create_future()
+        self.dropped = False
+
+    def settle(self, outcome: R | Exception) -> None:
+        """Give the item its outcome (a value, or the batch's error) and wake its task;
+        unless its caller gave up on it."""
+        if self.dropped:
+            return
+        if isinstance(outcome, Exception):
+            self.outcome.set_exception(outcome)
+        else:
+            self.outcome.set_result(outcome)
+        if not self.turn.done():
+            self.turn.set_result(None)

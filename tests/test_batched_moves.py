@@ -1,19 +1,22 @@
-"""Several queries moved in one transaction (Store.transitions), against the store under
-test: a batch writes what the moves one by one would, in a fixed number of statements; a
-query another writer changed meanwhile is left as that writer made it; a batch cut short
-writes nothing."""
+"""Several queries moved in one transaction (Store.transitions, Machine.apply_all),
+against the store under test: a batch writes what the moves one by one would, in a fixed
+number of statements; a query another writer changed meanwhile is left as that writer
+made it; a batch cut short writes nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 
 from athenaq.clock import utcnow
-from athenaq.states import QueryRecord, QueryState, SubmitOptions
+from athenaq.machine import Machine, Step
+from athenaq.states import Event, Lease, QueryRecord, QueryState, SubmitOptions
 from athenaq.store import Store
 from athenaq.store.moves import Move
 
@@ -204,3 +207,40 @@ async def test_batches_racing_single_moves_let_exactly_one_writer_win_each_query
             final.state,
         ]
     assert await store.scanned_today("owner") == SCANNED * 2 * sum(succeeded)
+
+
+async def test_apply_all_tells_every_move_and_writes_its_times_in_order_and_webhook(
+    store: Store,
+) -> None:
+    moved: list[QueryRecord] = []
+    machine = Machine(store, lease=Lease("test", 30), moved=moved.append)
+    hooked = await running(store, callback_url="https://hooks.example.com/done")
+    plain = await running(store)
+    changed = await running(store)
+    assert await store.update(changed, {"cancel_requested_at": utcnow()})
+    # Athena's clock a minute behind athenaq's: its completion before the start athenaq saw.
+    early = utcnow() - timedelta(minutes=1)
+    changes = {"completed_at": early, "row_count": 3, "results_source": "api"}
+    steps = [
+        Step(record, Event.SUCCEED, "results stored", {**changes, "results_at": utcnow()})
+        for record in (hooked, plain, changed)
+    ]
+    after = await machine.apply_all(steps, by="poller")
+    assert [record is not None for record in after] == [True, True, False]
+    assert [record.id for record in moved] == [hooked.id, plain.id]
+    assert moved == after[:2]
+    for record in moved:
+        now = await store.get(record.id)
+        assert now is not None
+        assert (now.state, now.version) == (record.state, record.version)
+        assert (now.state, now.version) == (Q.SUCCEEDED, hooked.version + 1)
+        assert now.started_at is not None and now.completed_at is not None
+        assert now.results_at is not None
+        assert now.submitted_at <= now.started_at <= now.completed_at <= now.results_at
+        assert now.completed_at == record.completed_at
+    delivery = await store.delivery(hooked.id, 1)
+    assert delivery is not None and delivery.state == Q.SUCCEEDED
+    assert json.loads(delivery.body)["state"] == "SUCCEEDED"
+    assert json.loads(delivery.body)["row_count"] == 3
+    assert await store.delivery(plain.id, 1) is None
+    assert await store.delivery(changed.id, 1) is None

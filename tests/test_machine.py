@@ -1,4 +1,4 @@
-"""The state table, next_state and the per-id lock, without I/O."""
+"""The state table, next_state, the per-id lock and batches of writes, without I/O."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from athenaq.states import (
     QueryState,
     next_state,
 )
-from athenaq.tasks import KeyedLock
+from athenaq.tasks import Batches, KeyedLock
 
 Q = QueryState
 # API.md's legal transitions, written out independently of the table under test.
@@ -79,3 +79,103 @@ async def test_keyed_lock_lets_other_keys_through() -> None:
 async def _enter(lock: KeyedLock, key: str) -> None:
     async with lock(key):
         pass
+
+
+class Writes:
+    """A `Batches` writer whose writes each wait until the test lets them end."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        # By batch (from 0): its write's end, once the write has begun.
+        self._begun: dict[int, asyncio.Future[asyncio.Future[None]]] = {}
+
+    async def __call__(self, items: list[int]) -> list[str]:
+        self.batches.append(items)
+        end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot(len(self.batches) - 1).set_result(end)
+        await end
+        if any(item < 0 for item in items):
+            raise ValueError(f"cannot write {items}")
+        return [f"{item} written" for item in items]
+
+    async def begun(self, batch: int) -> None:
+        """Wait until the write of the `batch`-th batch has begun."""
+        await asyncio.wait_for(asyncio.shield(self._slot(batch)), timeout=5)
+
+    async def end(self, batch: int) -> None:
+        """Let the write of the `batch`-th batch end, once it has begun."""
+        await self.begun(batch)
+        self._slot(batch).result().set_result(None)
+
+    def _slot(self, batch: int) -> asyncio.Future[asyncio.Future[None]]:
+        if batch not in self._begun:
+            self._begun[batch] = asyncio.get_running_loop().create_future()
+        return self._begun[batch]
+
+
+async def _handed_in(batches: Batches[int, str], items: range) -> list[asyncio.Task[str]]:
+    """Each item handed in by a task of its own, in order, all of them waiting."""
+    tasks = [asyncio.ensure_future(batches(item)) for item in items]
+    for _ in items:
+        await asyncio.sleep(0)  # each task hands its item in at its first step
+    return tasks
+
+
+async def test_batches_write_what_came_meanwhile_together_next() -> None:
+    writes = Writes()
+    batches = Batches(writes, size=3)
+    first = await _handed_in(batches, range(1))
+    rest = await _handed_in(batches, range(1, 6))
+    # The first item is written at once, alone; the others wait for it.
+    assert writes.batches == [[0]]
+    for batch in range(3):
+        await writes.end(batch)
+    assert await asyncio.gather(*first, *rest) == [f"{item} written" for item in range(6)]
+    assert writes.batches == [[0], [1, 2, 3], [4, 5]]
+    # Nothing being written: the next item is written at once again.
+    later = await _handed_in(batches, range(6, 7))
+    await writes.end(3)
+    assert await later[0] == "6 written"
+    assert writes.batches[3:] == [[6]]
+
+
+async def test_batches_skip_an_item_whose_caller_gave_up() -> None:
+    writes = Writes()
+    batches = Batches(writes, size=10)
+    first = await _handed_in(batches, range(1))
+    rest = await _handed_in(batches, range(1, 4))
+    rest[0].cancel()
+    await writes.end(0)
+    await writes.end(1)
+    assert await first[0] == "0 written"
+    assert await asyncio.gather(*rest[1:]) == ["2 written", "3 written"]
+    assert rest[0].cancelled()
+    assert writes.batches == [[0], [2, 3]]
+
+
+async def test_a_writer_cut_short_hands_its_batch_on_and_errors_reach_every_caller() -> None:
+    writes = Writes()
+    batches = Batches(writes, size=3)
+    first = await _handed_in(batches, range(1))
+    rest = await _handed_in(batches, range(1, 4))
+    await writes.end(0)
+    # Item 1's task writes [1, 2, 3] and is cut mid-write: the others of its batch are
+    # written by the next in line.
+    await writes.begun(1)
+    rest[0].cancel()
+    await writes.begun(2)
+    failing = await _handed_in(batches, range(-2, 0))
+    await writes.end(2)
+    assert await asyncio.gather(*rest[1:]) == ["2 written", "3 written"]
+    # A write that fails: every caller of its batch gets the error.
+    await writes.end(3)
+    for task in failing:
+        with pytest.raises(ValueError, match="cannot write"):
+            await task
+    assert writes.batches == [[0], [1, 2, 3], [2, 3], [-2, -1]]
+    assert await first[0] == "0 written"
+    assert rest[0].cancelled()
+    # Batches go on after a failed one.
+    after = await _handed_in(batches, range(7, 8))
+    await writes.end(4)
+    assert await after[0] == "7 written"

@@ -26,10 +26,12 @@ from athenaq.results import MalformedResult, ResultFiles, Written
 
 @dataclass(frozen=True)
 class Stored:
-    """A result as stored: its row count and where it was read from ("s3" or "api")."""
+    """A result as stored: its row count, where it was read from ("s3" or "api"), and how
+    long its store took (seconds)."""
 
     row_count: int
     source: str
+    seconds: float
 
 
 class Ingest:
@@ -49,7 +51,8 @@ class Ingest:
         large: AbstractAsyncContextManager[object] | None = None,
     ) -> Stored:
         """Write the execution's result files. Raises AthenaCallError when Athena cannot
-        give the results, OSError when they cannot be written.
+        give the results, OSError when they cannot be written. (The caller logs what was
+        stored, with the query's move.)
 
         `large` is entered around the reading of a result its first page does not hold
         (the caller's bound on large downloads): a result stored from its first page never
@@ -71,15 +74,7 @@ class Ingest:
         metrics.INGEST_BYTES.labels(read_from).inc(written.size)
         metrics.INGEST_SECONDS.labels(read_from).observe(working)
         source = "s3" if read_from == metrics.S3 else "api"
-        logger.info(
-            "results stored",
-            query_id=query_id,
-            athena_query_execution_id=execution_id,
-            row_count=written.rows,
-            results_source=source,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-        return Stored(written.rows, source)
+        return Stored(written.rows, source, time.monotonic() - started)
 
     async def _store_large(
         self, query_id: str, execution: Execution, first: FirstPage

@@ -99,10 +99,12 @@ class Poller:
         self.interval_seconds = interval_seconds
         self.lease = lease
         self.max_calls = max_calls
-        # Results being stored (their first page read, written, their query moved), and
-        # among them the large ones being downloaded: a large download gives its store
-        # slot back while it waits for and holds a download slot, so the tiny results,
-        # stored from their first page, never wait behind the large ones.
+        # Results being stored (their first page read, their files written), and among
+        # them the large ones being downloaded: a large download gives its store slot
+        # back while it waits for and holds a download slot, so the tiny results, stored
+        # from their first page, never wait behind the large ones. A result's slot is
+        # given back once its files are written: its query's move to SUCCEEDED waits for
+        # its batch (ResultsStorer) holding none.
         self._store_slots = asyncio.Semaphore(max_stores)
         self._download_slots = asyncio.Semaphore(max_downloads)
         self._callback: PeriodicCallback | None = None
@@ -288,7 +290,7 @@ class Poller:
         async with slot:
             try:
                 stored = await self.storer.store_results(
-                    query_id, execution, record, self._large(slot)
+                    query_id, execution, record, self._large(slot), written=slot.release
                 )
             except StoreUnavailable as exc:
                 logger.warning(
@@ -324,14 +326,11 @@ class Poller:
 
     @contextlib.asynccontextmanager
     async def _large(self, slot: _Slot) -> AsyncIterator[None]:
-        """Around a large result's download: its store slot is given back meanwhile, and
-        taken again for the rest (the query's move to SUCCEEDED)."""
+        """Around a large result's download: its store slot is given back, and a download
+        slot held instead."""
         slot.release()
-        try:
-            async with self._download_slots:
-                yield
-        finally:
-            await slot.acquire()
+        async with self._download_slots:
+            yield
 
     def _store_down(self, exc: StoreUnavailable) -> None:
         """Skip ticks while the store is out of reach, logging once per outage."""
@@ -505,8 +504,8 @@ class Poller:
 
 
 class _Slot:
-    """One slot of a semaphore, which its holder may give back and take again; released
-    at the end of an `async with` only if held then (a cancel may come while it waits)."""
+    """One slot of a semaphore, which its holder may give back before the end of its
+    `async with`: released there only if held then."""
 
     def __init__(self, semaphore: asyncio.Semaphore) -> None:
         self._semaphore = semaphore

@@ -9,6 +9,7 @@ state_reason that says why and since when; they are tried again until
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 
@@ -18,16 +19,20 @@ from athenaq.athena import AthenaCallError, Execution
 from athenaq.clock import isoformat, utcnow
 from athenaq.identity import POLLER
 from athenaq.ingest import Ingest
-from athenaq.machine import RACE_RETRIES, Machine, tracks
+from athenaq.machine import RACE_RETRIES, Machine, Step, tracks
 from athenaq.results import ResultFiles
 from athenaq.states import Event, QueryRecord, QueryState
 from athenaq.store import Store
+from athenaq.store.moves import MAX_MOVES
+from athenaq.tasks import Batches
 
 Q = QueryState
 
 # The state_reason of a RUNNING query whose results could not be written. It carries the
 # time of the first failure, so every process, and a restarted one, counts the retries'
 # deadline from that failure (see _failing_since).
+# The reason of the move to SUCCEEDED.
+STORED_REASON = "results stored"
 STORE_RETRY_REASON = "results could not be stored since {since}, trying again: {error}"
 _STORE_RETRY_SINCE = re.compile(r"^results could not be stored since (\S+), trying again: ")
 
@@ -51,6 +56,9 @@ class ResultsStorer:
         self.ingest = ingest
         # How long results that cannot be written are tried again before the query fails.
         self.store_retry = store_retry
+        # Queries whose results are stored move to SUCCEEDED in batches: those stored
+        # while a batch is written are written together next, in one transaction.
+        self._succeeded = Batches(self._succeed_all, MAX_MOVES)
 
     async def store_results(
         self,
@@ -58,12 +66,15 @@ class ResultsStorer:
         execution: Execution,
         known: QueryRecord | None = None,
         large: AbstractAsyncContextManager[object] | None = None,
+        written: Callable[[], object] | None = None,
     ) -> bool:
         """Store a SUCCEEDED execution's results, then (and only then) set SUCCEEDED.
 
         `known` is the query as `observe` left it: SUCCEEDED is tried on it without a
-        read, and a lost compare-and-set reads the query again. `large` bounds the
-        downloads of results their first page does not hold (Ingest.store).
+        read, in a batch with the other queries whose results were stored meanwhile, and
+        a lost compare-and-set reads the query again. `large` bounds the downloads of
+        results their first page does not hold (Ingest.store); `written` is called once
+        the result files are in place.
 
         The ingest holds no lock: cancels, refreshes and other queries go on meanwhile.
         Returns False when the results could not be written (a full or unwritable disk):
@@ -89,24 +100,38 @@ class ResultsStorer:
                         current, Event.FAIL, by=POLLER, reason=reason, changes=execution.statistics
                     )
             return True
+        if written is not None:
+            written()
         changes = {
             **execution.statistics,
             "results_at": utcnow(),
             "row_count": stored.row_count,
             "results_source": stored.source,
         }
+        # The move's `state changed` line is the one line of the stored result.
+        log = {
+            "row_count": stored.row_count,
+            "results_source": stored.source,
+            "store_duration_ms": round(stored.seconds * 1000, 1),
+        }
+        if known is not None and tracks(known, execution_id):
+            step = Step(known, Event.SUCCEED, STORED_REASON, changes, log)
+            if await self._succeeded(step):
+                return True
         async with self.machine.lock(query_id):
+            # A lost compare-and-set means another writer touched the row (a cancel
+            # request, another process's ingest): read again and retry.
             for _ in range(RACE_RETRIES):
-                if known is not None and tracks(known, execution_id):
-                    current, known = known, None
-                else:
-                    current = await self.machine.tracking(query_id, execution_id)
+                current = await self.machine.tracking(query_id, execution_id)
                 if current is None:
                     break
-                # A lost compare-and-set means another writer touched the row (a cancel
-                # request, another process's ingest): read again and retry.
                 if await self.machine.apply(
-                    current, Event.SUCCEED, by=POLLER, reason="results stored", changes=changes
+                    current,
+                    Event.SUCCEED,
+                    by=POLLER,
+                    reason=STORED_REASON,
+                    changes=changes,
+                    log=log,
                 ):
                     return True
             latest = await self.store.get(query_id)
@@ -118,6 +143,9 @@ class ResultsStorer:
                 # Cancelled or refreshed while storing: this result belongs to nobody.
                 await self.results.delete(query_id, execution_id)
         return True
+
+    async def _succeed_all(self, steps: list[Step]) -> list[QueryRecord | None]:
+        return await self.machine.apply_all(steps, by=POLLER)
 
     async def _store_failed(self, query_id: str, execution: Execution, error: OSError) -> bool:
         """Note that the results could not be written, keeping the time of the first

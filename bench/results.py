@@ -387,13 +387,19 @@ class Bench:
 
     def ingest_seconds(self, query_id: str) -> float:
         """The server's own measure of the ingest, from its log: from the first call for
-        the results (the column types) to the result file renamed into place."""
+        the results (the column types) to the result file renamed into place. The line of
+        the query's move to SUCCEEDED gives it (`store_duration_ms`); an athenaq from
+        before that (--source) logs a `results stored` line of its own (`duration_ms`)."""
         for line in self.server_log.read_text(errors="replace").splitlines():
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
-                if record.get("message") == "results stored" and record["query_id"] == query_id:
+                if record.get("query_id") != query_id:
+                    continue
+                if record.get("message") == "state changed" and "store_duration_ms" in record:
+                    return float(record["store_duration_ms"]) / 1000
+                if record.get("message") == "results stored":
                     return float(record["duration_ms"]) / 1000
-        raise RuntimeError(f"no 'results stored' line for {query_id} in {self.server_log}")
+        raise RuntimeError(f"no line of the stored result {query_id} in {self.server_log}")
 
     async def raw_object(self, key: str) -> int:
         response = await self.s3.get_object(Bucket=BUCKET, Key=key)

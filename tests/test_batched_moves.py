@@ -1,7 +1,8 @@
-"""Several queries moved in one transaction (Store.transitions, Machine.apply_all),
-against the store under test: a batch writes what the moves one by one would, in a fixed
-number of statements; a query another writer changed meanwhile is left as that writer
-made it; a batch cut short writes nothing."""
+"""Several queries moved in one transaction (Store.transitions, Machine.apply_all, and the
+results storer's batches of SUCCEEDED moves), against the store under test: a batch
+writes what the moves one by one would, in a fixed number of statements; a query another
+writer changed meanwhile is left as that writer made it; a batch cut short writes
+nothing."""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from athenaq.athena import Athena
 from athenaq.clock import utcnow
+from athenaq.ingest import Ingest
 from athenaq.machine import Machine, Step
+from athenaq.results import ResultFiles
 from athenaq.states import Event, Lease, QueryRecord, QueryState, SubmitOptions
 from athenaq.store import Store
 from athenaq.store.moves import Move
+from athenaq.storing import ResultsStorer
+from tests.athena_double import AthenaDouble
+from tests.conftest import make_config
 
 Q = QueryState
 SCANNED = 1000
@@ -244,3 +252,78 @@ async def test_apply_all_tells_every_move_and_writes_its_times_in_order_and_webh
     assert json.loads(delivery.body)["row_count"] == 3
     assert await store.delivery(plain.id, 1) is None
     assert await store.delivery(changed.id, 1) is None
+
+
+def scripted(n: int) -> str:
+    script = {"columns": [["n", "integer"]], "rows": [[str(n)]], "scanned_bytes": SCANNED}
+    return f"SELECT {n} -- double: {json.dumps(script)}"
+
+
+async def test_stored_results_move_in_batches_and_a_query_changed_meanwhile_keeps_its_change(
+    store: Store, double: AthenaDouble, db_url: str, tmp_path: Path
+) -> None:
+    config = make_config(db_url, double.url, tmp_path / "results")
+    results = ResultFiles(config.results.dir)
+    results.prepare()
+    moved: list[QueryRecord] = []
+    machine = Machine(store, lease=Lease("test", 30), moved=moved.append)
+    async with Athena.open(config.athena, config.s3) as athena:
+        storer = ResultsStorer(
+            machine, store, results, Ingest(athena, results), store_retry=timedelta(minutes=1)
+        )
+        known: list[QueryRecord] = []
+        for n in range(8):
+            made = await store.create(
+                str(uuid.uuid4()), scripted(n), "default", "primary", "new", owner="o"
+            )
+            execution_id = await athena.start(scripted(n), "default", "primary", f"token-{made.id}")
+            assert await store.update(made, {"athena_execution_id": execution_id})
+            sent = await store.get(made.id)
+            assert sent is not None
+            running_record = await machine.apply(
+                sent, Event.RUN, by="poller", changes={"started_at": utcnow()}
+            )
+            assert running_record is not None
+            known.append(running_record)
+        executions = [await athena.get(r.athena_execution_id or "") for r in known]
+        assert [e.state for e in executions] == ["SUCCEEDED"] * 8
+        # Since the poller read them: a cancel asked for the third; the fourth ended
+        # CANCELLED and the fifth SUCCEEDED, by other writers.
+        asked, cancelled, done = known[2], known[3], known[4]
+        assert await store.update(asked, {"cancel_requested_at": utcnow()})
+        assert await store.transition(cancelled, Q.CANCELLED, "cancelled", {}, by="client")
+        other = {
+            "results_at": utcnow(),
+            "row_count": 1,
+            "results_source": "s3",
+            "data_scanned_bytes": SCANNED,
+        }
+        assert await store.transition(done, Q.SUCCEEDED, "results stored", other, by="poller")
+        moved.clear()
+        outcomes = await asyncio.gather(
+            *(
+                storer.store_results(record.id, execution, record)
+                for record, execution in zip(known, executions, strict=True)
+            )
+        )
+    assert outcomes == [True] * 8
+    for record in known:
+        final = await store.get(record.id)
+        assert final is not None
+        directory = results.path(record.id, record.athena_execution_id or "")
+        if record is cancelled:
+            assert final.state == Q.CANCELLED
+            assert not directory.exists()  # a result nobody will read
+            continue
+        assert final.state == Q.SUCCEEDED
+        assert directory.is_dir()
+        assert [to for _, to, _ in await moves_of(store, record.id)].count(Q.SUCCEEDED) == 1
+        if record is done:
+            assert (final.version, final.results_source) == (done.version + 1, "s3")
+        else:
+            assert (final.row_count, final.results_source) == (1, "api")
+        if record is asked:
+            assert final.cancel_requested_at is not None  # kept, the move made on it
+    assert sorted(r.id for r in moved) == sorted(r.id for r in known if r not in (cancelled, done))
+    # Bytes counted once per run that ended: none for the cancelled one.
+    assert await store.scanned_today("o") == SCANNED * 7

@@ -207,3 +207,39 @@ async def test_tiny_results_do_not_wait_behind_large_downloads(
             assert (await finished(client, query_id))["row_count"] == 5000
     finally:
         await watcher.close()
+
+
+async def test_tiny_results_finishing_together_move_to_succeeded_in_batches(
+    config: Config, double: AthenaDouble, start_service: StartService, tmp_path: Path
+) -> None:
+    count = 40
+    service = await start_service(
+        dataclasses.replace(config, athena=dataclasses.replace(config.athena, max_running=count))
+    )
+    client = Client(service.url)
+    ids = [
+        await client.submit(scripted(columns=COLUMNS, rows=ROWS, hold=True)) for _ in range(count)
+    ]
+
+    async def all_running() -> bool:
+        return [(await client.status(i))["state"] for i in ids] == ["RUNNING"] * count
+
+    await wait_for(all_running, what="every query RUNNING")
+    store = service._store
+    assert store is not None
+    batches: list[int] = []
+    transitions = store.transitions
+
+    def counting(batch: Any, **kw: Any) -> Any:
+        batches.append(len(batch))
+        return transitions(batch, **kw)
+
+    store.transitions = counting
+    double.engine.release_all()
+    for query_id in ids:
+        status = await finished(client, query_id)
+        assert (status["row_count"], status["results_source"]) == (len(ROWS), "api")
+    # Every move written in a batch, and batches of several, so fewer transactions than
+    # results.
+    assert sum(batches) == count
+    assert len(batches) < count and max(batches) > 1, batches

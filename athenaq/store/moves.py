@@ -2,12 +2,15 @@
 statements, run on the driver's connection (driver.py).
 
 One UPDATE sets every query of the batch, each row under its own compare-and-set guard
-(its id, state and version as read), so the count of rows it matched says whether every
-guard held. The values differ from row to row: each column is a CASE on the id. A batch
-writes the columns of an execution's outcome (OUTCOME_COLUMNS) on every row, a move
-that does not set one keeping the value its record has: the row has it still when its
-guard holds, as every write of these columns moves the version. One statement per size
-of batch, made at its first use, so the driver compiles each once.
+(its id and version as read: every write of the state moves the version), so the count
+of rows it matched says whether every guard held. The values differ from row to row:
+each column is a CASE on the id. A batch writes the columns of an execution's outcome
+(OUTCOME_COLUMNS) on every row, a move that does not set one keeping the value its
+record has: the row has it still when its guard holds, as every write of these columns
+moves the version. The UPDATE and the read of the versions are made for batches of 2,
+4, 8, 16 and 32 moves, each at its first use, so the driver compiles each once; a batch
+of another size repeats its last move up to the next of them. The history's INSERT is
+made for each size (a few rows of plain values, quick to compile).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from athenaq.store.tables import queries, query_transitions
 
 # Moves per batch: a row binds a few values per column, well under the bound values a
 # statement may have (SQLite's 32,766).
-MAX_MOVES = 50
+MAX_MOVES = 32
 # What a batch may set besides the state: how an execution ended (Athena's times and
 # statistics, the stored result's) and why. Not its id, its admission, its cancel or
 # retention's mark: those are written alone.
@@ -72,20 +75,22 @@ async def update(conn: DriverConnection, moves: Sequence[Move], now: datetime) -
     """Set every move's row, each under its guard; whether every guard held (if not, the
     rows whose guard held are set all the same: the caller rolls back)."""
     params: dict[str, Any] = {"now": now}
-    for k, move in enumerate(moves):
+    for k, move in enumerate(_padded(moves)):
         current = move.current
         params[f"i{k}"] = current.id
-        params[f"s{k}"] = current.state.value
         params[f"n{k}"] = current.version
         params[f"v{k}_state"] = move.to_state.value
         for name in OUTCOME_COLUMNS:
             params[f"v{k}_{name}"] = move.changes.get(name, getattr(current, name))
-    return await conn.execute(_update(len(moves)), params) == len(moves)
+    # A row is set once, however many times the padding names it.
+    return await conn.execute(_update(_size(len(moves))), params) == len(moves)
 
 
 async def standing(conn: DriverConnection, moves: Sequence[Move]) -> list[bool]:
     """Whether each move's row is still as its record was read (its state and version)."""
-    rows = await conn.tuples(_versions(len(moves)), _ids(moves))
+    padded = _padded(moves)
+    ids = {f"i{k}": move.current.id for k, move in enumerate(padded)}
+    rows = await conn.tuples(_versions(len(padded)), ids)
     found = {query_id: (state, version) for query_id, state, version in rows}
     return [
         found.get(move.current.id) == (move.current.state.value, move.current.version)
@@ -104,8 +109,17 @@ async def add_history(
     await conn.execute(_history(len(moves)), params)
 
 
-def _ids(moves: Sequence[Move]) -> dict[str, Any]:
-    return {f"i{k}": move.current.id for k, move in enumerate(moves)}
+def _size(count: int) -> int:
+    """The size of the statement that writes `count` moves: a power of two, so that a few
+    statements serve every batch (one of 32 rows takes SQLAlchemy about 15 ms to build
+    and compile)."""
+    return 1 << (count - 1).bit_length()
+
+
+def _padded(moves: Sequence[Move]) -> list[Move]:
+    """`moves`, the last repeated up to the size of its statement: a repeated move names
+    the same row with the same guard and values."""
+    return [*moves, *[moves[-1]] * (_size(len(moves)) - len(moves))]
 
 
 @functools.cache
@@ -117,10 +131,11 @@ def _update(size: int) -> Update:
         value = [bindparam(f"v{k}_{name}", type_=column.type) for k in range(size)]
         return case(*((queries.c.id == ids[k], value[k]) for k in range(size)), else_=column)
 
+    # The version alone: every write of the state moves it, and a guard on the state too
+    # would offer the optimizer a range of the state's index, locking other rows.
     guards = [
         and_(
             queries.c.id == ids[k],
-            queries.c.state == bindparam(f"s{k}", type_=queries.c.state.type),
             queries.c.version == bindparam(f"n{k}", type_=queries.c.version.type),
         )
         for k in range(size)

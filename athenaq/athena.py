@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -189,6 +189,13 @@ class Execution:
         if (started := self.started_at) is not None:
             statistics["started_at"] = started
         return statistics
+
+
+class Brief(NamedTuple):
+    """An execution's id and state, as a status answer gives them, the rest unread."""
+
+    execution_id: str
+    state: str
 
 
 @dataclass(frozen=True)
@@ -477,9 +484,15 @@ class Athena:
                 break
         return execution
 
-    async def batch_get(self, execution_ids: Sequence[str]) -> tuple[list[Execution], list[str]]:
+    async def batch_get(
+        self, execution_ids: Sequence[str], whole: Callable[[str, str], bool] | None = None
+    ) -> tuple[list[Execution | Brief], list[str]]:
         """Up to 50 executions in one call; also returns the ids Athena did not process.
-        An endpoint that says it lacks the call is remembered (`has_batch`)."""
+        An endpoint that says it lacks the call is remembered (`has_batch`).
+
+        With `whole`, an execution is read whole only where `whole(id, state)` says so,
+        else as its Brief: a poller's tick compares the state of thousands, and reads the
+        rest of the few that changed."""
         if not 1 <= len(execution_ids) <= BATCH_LIMIT:
             raise ValueError(f"batch of {len(execution_ids)} ids; Athena takes 1 to {BATCH_LIMIT}")
         try:
@@ -492,7 +505,10 @@ class Athena:
             if exc.lacks_operation:
                 self.batch_missing()
             raise
-        executions = [_execution(raw) for raw in response.get("QueryExecutions", [])]
+        executions: list[Execution | Brief] = []
+        for raw in response.get("QueryExecutions", []):
+            brief = Brief(raw["QueryExecutionId"], raw.get("Status", {}).get("State", "QUEUED"))
+            executions.append(_execution(raw) if whole is None or whole(*brief) else brief)
         unprocessed = [
             item["QueryExecutionId"] for item in response.get("UnprocessedQueryExecutionIds", [])
         ]

@@ -25,13 +25,13 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 
 from loguru import logger
 from tornado.ioloop import PeriodicCallback
 
 from athenaq import metrics
-from athenaq.athena import BATCH_LIMIT, Athena, AthenaCallError, Execution
+from athenaq.athena import BATCH_LIMIT, Athena, AthenaCallError, Brief, Execution
 from athenaq.clock import utcnow
 from athenaq.errors import StoreUnavailable
 from athenaq.launcher import Launcher
@@ -251,27 +251,19 @@ class Poller:
         }
         if watched:
             await asyncio.sleep(0)
-            executions, missing = await self._fetch(list(watched))
-            # Only what Athena changed goes to the machine: a query Athena still reports
-            # as the claim read it costs no lock, no read and no write.
+            answers = _Answers(watched)
+            missing = await self._fetch(watched, answers)
             down = await self._bounded(
-                self._observe(watched[e.execution_id], e)
-                for e in executions
-                if _changed(watched[e.execution_id], e)
+                self._observe(record, execution) for record, execution in answers.changed
             ) or await self._bounded(
                 self.machine.execution_lost(watched[i].id, i, message) for i, message in missing
             )
             if down is not None:
                 self._store_down(down)  # gone since the claim: the next ticks wait it out
                 return
-            self.timeouts.stop_due((watched[e.execution_id], e) for e in executions)
-            for execution in executions:
-                record = watched[execution.execution_id]
-                if record.cancel_requested_at is not None and execution.state in (
-                    Q.QUEUED,
-                    Q.RUNNING,
-                ):
-                    self._stop_again(record, execution.execution_id)
+            self.timeouts.stop_due(answers.deadlined)
+            for record, execution_id in answers.stopping:
+                self._stop_again(record, execution_id)
         logger.debug(
             "poll tick",
             held=len(records),
@@ -396,15 +388,17 @@ class Poller:
             del self._store_retries[execution_id]
 
     async def _fetch(
-        self, execution_ids: list[str]
-    ) -> tuple[list[Execution], list[tuple[str, str]]]:
-        """Athena's view of each id, batched where the endpoint can; also the ids Athena
-        says it does not know, with its message.
+        self, watched: Mapping[str, QueryRecord], answers: _Answers
+    ) -> list[tuple[str, str]]:
+        """Athena's view of each execution of `watched` (the queries as held, by
+        execution id), batched where the endpoint can, handed to `answers` as it comes:
+        read whole where it moves the query, else its state alone (Brief). Returns the
+        ids Athena says it does not know, with its message.
 
         A passing failure (throttling, the network, a 5xx, the deadline) ends the round:
         the next tick asks again, batched. Only an endpoint that lacks the batch call is
         asked per id from then on."""
-        executions: list[Execution] = []
+        execution_ids = list(watched)
         singles: list[str] = []
         # A bare 5xx from the batch call: moto's answer for the call it lacks, or an error
         # page of something in between. Asking per id tells which.
@@ -419,7 +413,7 @@ class Poller:
                 return
             try:
                 async with asyncio.timeout(self.status_deadline):
-                    found, unprocessed = await self.athena.batch_get(chunk)
+                    found, unprocessed = await self.athena.batch_get(chunk, answers.moves)
             except TimeoutError:
                 if not passing:
                     logger.warning("batch status call timed out", seconds=self.status_deadline)
@@ -434,7 +428,8 @@ class Poller:
                 # each id gets its own answer.
                 singles.extend(chunk)
                 return
-            executions.extend(found)
+            for execution in found:
+                answers.add(execution)
             singles.extend(unprocessed)
 
         # The batches go out together (at most max_calls at once): a tick over thousands
@@ -444,7 +439,7 @@ class Poller:
             for start in range(0, len(execution_ids), BATCH_LIMIT)
         )
         if passing:
-            return executions, []
+            return []
         missing: list[tuple[str, str]] = []
         answered = False
 
@@ -454,7 +449,7 @@ class Poller:
                 return  # the endpoint is out of reach or busy: the next tick asks again
             try:
                 async with asyncio.timeout(self.status_deadline):
-                    executions.append(await self.athena.get(execution_id))
+                    answers.add(await self.athena.get(execution_id))
                 answered = True
             except AthenaCallError as exc:
                 if exc.is_client_error:
@@ -467,7 +462,7 @@ class Poller:
         await self._bounded(get_one(i) for i in singles)
         if probing and answered:
             self.athena.batch_missing()  # GetQueryExecution works where the batch call fails
-        return executions, missing
+        return missing
 
     async def _bounded(self, works: Iterable[Awaitable[None]]) -> StoreUnavailable | None:
         """Run `works` concurrently, at most `max_calls` at a time, logging each failure.
@@ -503,6 +498,33 @@ class Poller:
         return down
 
 
+class _Answers:
+    """What a tick's status answers ask of it, sorted as they come: the executions that
+    move their query, for the machine; those of the queries with a deadline, for
+    Timeouts; the cancels whose stop Athena has not carried out. The thousands that ask
+    nothing are dropped at once, so a tick that learns nothing keeps nothing of them."""
+
+    def __init__(self, watched: Mapping[str, QueryRecord]) -> None:
+        self._watched = watched
+        self.changed: list[tuple[QueryRecord, Execution]] = []
+        self.deadlined: list[tuple[QueryRecord, Execution | Brief]] = []
+        self.stopping: list[tuple[QueryRecord, str]] = []
+
+    def moves(self, execution_id: str, state: str) -> bool:
+        """Whether Athena's `state` moves the query of `execution_id`: its execution is
+        then read whole."""
+        return _changed(self._watched[execution_id], state)
+
+    def add(self, execution: Execution | Brief) -> None:
+        record = self._watched[execution.execution_id]
+        if isinstance(execution, Execution) and _changed(record, execution.state):
+            self.changed.append((record, execution))
+        if record.timeout_at is not None:
+            self.deadlined.append((record, execution))
+        if record.cancel_requested_at is not None and execution.state in (Q.QUEUED, Q.RUNNING):
+            self.stopping.append((record, execution.execution_id))
+
+
 class _Slot:
     """One slot of a semaphore, which its holder may give back before the end of its
     `async with`: released there only if held then."""
@@ -527,9 +549,9 @@ class _Slot:
         self.release()
 
 
-def _changed(record: QueryRecord, execution: Execution) -> bool:
-    """Whether Athena's view of the execution moves the query: RUNNING for a QUEUED one,
+def _changed(record: QueryRecord, state: str) -> bool:
+    """Whether Athena's state of the execution moves the query: RUNNING for a QUEUED one,
     or an end. QUEUED for a RUNNING one (a transient error in Athena) moves nothing."""
-    if execution.state == Q.RUNNING:
+    if state == Q.RUNNING:
         return record.state == Q.QUEUED
-    return execution.state != Q.QUEUED
+    return state != Q.QUEUED

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 
 from loguru import logger
 
-from athenaq.athena import Athena, AthenaCallError, Execution
+from athenaq.athena import Athena, AthenaCallError, Brief, Execution
 from athenaq.clock import utcnow
 from athenaq.machine import RACE_RETRIES, Machine
 from athenaq.states import QueryRecord, QueryState
@@ -79,10 +79,10 @@ class Timeouts:
             self.tasks.spawn(TIME_OUT, query_id, self._fail_unsent(query_id))
         return unsent
 
-    def stop_due(self, observed: Iterable[tuple[QueryRecord, Execution]]) -> None:
-        """Given the tick's answers from Athena, each with the query as held, send the
-        stop of each one past its deadline that Athena still reports QUEUED or RUNNING,
-        as a task of its own, when it is due."""
+    def stop_due(self, observed: Iterable[tuple[QueryRecord, Execution | Brief]]) -> None:
+        """Given the tick's answers from Athena, each with the query as held (those of
+        the queries with a deadline will do), send the stop of each one past its deadline
+        that Athena still reports QUEUED or RUNNING, as a task of its own, when it is due."""
         now_utc, now = utcnow(), time.monotonic()
         running = {
             execution.execution_id: record

@@ -43,7 +43,7 @@ from athenaq.tasks import TaskRegistry
 from athenaq.timeouts import TIME_OUT, Timeouts
 
 Q = QueryState
-# A worker of `_bounded` lets other callbacks run at least this often (seconds): the
+# The workers of `bounded` let other callbacks run at least this often (seconds): the
 # loop is never held much longer by a tick over thousands of queries.
 YIELD_SECONDS = 0.005
 # A status call may take one interval, but at least this long (an interval of a few ms
@@ -465,37 +465,68 @@ class Poller:
         return missing
 
     async def _bounded(self, works: Iterable[Awaitable[None]]) -> StoreUnavailable | None:
-        """Run `works` concurrently, at most `max_calls` at a time, logging each failure.
+        return await bounded(works, self.max_calls)
 
-        A fixed pool of workers takes them one at a time from the iterable, so thousands
-        of works never make thousands of tasks at once, and each worker lets the loop run
-        other callbacks at least every YIELD_SECONDS (works that finish without waiting,
-        one after another, would hold it otherwise). A work that finds the store out of
-        reach is no bug to log: the works not begun are dropped (the next tick does them
-        again), and the failure is returned."""
-        pending = iter(works)
-        down: StoreUnavailable | None = None
 
-        async def worker() -> None:
-            nonlocal down
-            resumed = time.perf_counter()
-            for work in pending:
-                if down is not None:
-                    if inspect.iscoroutine(work):
-                        work.close()  # never begun
-                    continue
-                try:
-                    await work
-                except StoreUnavailable as exc:
-                    down = down or exc
-                except Exception:
-                    logger.exception("poller step failed")
-                if time.perf_counter() - resumed > YIELD_SECONDS:
-                    await asyncio.sleep(0)
-                    resumed = time.perf_counter()
+async def bounded(works: Iterable[Awaitable[None]], workers: int) -> StoreUnavailable | None:
+    """Run `works` concurrently, at most `workers` at a time, logging each failure.
 
-        await asyncio.gather(*(worker() for _ in range(self.max_calls)))
-        return down
+    A fixed pool of workers takes them one at a time from the iterable, so thousands of
+    works never make thousands of tasks at once, and the workers share the loop's turns
+    (_Pacer): once they have worked YIELD_SECONDS in one, the next work waits for the
+    next (works that finish without waiting, one after another, or ten Athena answers
+    come together, would hold it otherwise). A work that finds the store out of reach is
+    no bug to log: the works not begun are dropped (the next tick does them again), and
+    the failure is returned."""
+    pending = iter(works)
+    down: StoreUnavailable | None = None
+    pacer = _Pacer()
+
+    async def worker() -> None:
+        nonlocal down
+        await pacer.turn()
+        for work in pending:
+            if down is not None:
+                if inspect.iscoroutine(work):
+                    work.close()  # never begun
+                continue
+            try:
+                await work
+            except StoreUnavailable as exc:
+                down = down or exc
+            except Exception:
+                logger.exception("poller step failed")
+            await pacer.turn()
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return down
+
+
+class _Pacer:
+    """The turns of the event loop, shared by workers: a worker about to begin a work
+    goes on while the workers have worked less than YIELD_SECONDS since the turn began,
+    and waits for the next turn otherwise.
+
+    A turn begins when the loop runs the callback a worker that had to wait left for it
+    (it runs ahead of the waiting workers, queued after it); a worker that resumes after
+    the loop idled finds no turn begun and waits for one, one more step of the loop."""
+
+    __slots__ = ("_ending", "_since")
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+        self._ending = False
+
+    async def turn(self) -> None:
+        while time.perf_counter() - self._since > YIELD_SECONDS:
+            if not self._ending:
+                self._ending = True
+                asyncio.get_running_loop().call_soon(self._begin)
+            await asyncio.sleep(0)
+
+    def _begin(self) -> None:
+        self._since = time.perf_counter()
+        self._ending = False
 
 
 class _Answers:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from athenaq.app import Service
 from athenaq.config import Config
+from athenaq.poller import bounded
 from tests.athena_double import AthenaDouble
 from tests.conftest import Client, body, make_config, wait_for
 
@@ -129,3 +132,36 @@ async def test_throttled_starts_stay_queued_until_athena_has_room(
         # Stopped while its endpoint still answers: a poll in flight to a closed endpoint
         # would hold the stop for the length of the client's retries.
         await service.stop()
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts its turns (each run of its ready callbacks)."""
+
+    turns = 0
+
+    def _run_once(self) -> None:
+        self.turns += 1
+        super()._run_once()  # type: ignore[misc]
+
+
+def test_workers_share_the_loops_turns() -> None:
+    """Ten workers whose works hold the loop 3 ms each, as ten Athena answers that come
+    together do: at most two works run in one turn of the loop (5 ms shared, then the
+    next work waits for the next turn), where workers yielding each on its own let all
+    ten run in one."""
+    loop = _CountingLoop()
+    started: list[int] = []
+
+    async def work() -> None:
+        started.append(loop.turns)
+        until = time.perf_counter() + 0.003
+        while time.perf_counter() < until:
+            pass  # no await: the work holds the loop
+
+    try:
+        assert loop.run_until_complete(bounded((work() for _ in range(40)), 10)) is None
+    finally:
+        loop.close()
+    assert len(started) == 40
+    per_turn = Counter(started)
+    assert max(per_turn.values()) <= 2, per_turn

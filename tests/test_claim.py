@@ -108,7 +108,9 @@ async def test_a_claim_reads_whole_only_the_rows_that_changed(store: Store) -> N
 async def test_leases_are_renewed_once_half_spent_and_never_lapse(
     db_url: str, double: AthenaDouble, tmp_path: Path, start_service: StartService
 ) -> None:
-    interval, lease = 0.05, 0.6
+    # A lease of 1.5 s: renewed at its half, 0.75 s, it outlasts a tick held up to that
+    # long by a loaded machine (0.6 s let one lapse in a CI run beside four suites).
+    interval, lease = 0.05, 1.5
     config = make_config(db_url, double.url, tmp_path, interval_seconds=interval)
     config = dataclasses.replace(
         config, poller=dataclasses.replace(config.poller, lease_seconds=lease)
